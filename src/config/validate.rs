@@ -1,0 +1,1174 @@
+//! TOML text -> [`Config`], collecting every problem instead of stopping at the first.
+//!
+//! Each section (and each `[[deployments]]` / `[[fallbacks]]` element) is deserialized on its own
+//! through `serde_path_to_error`, so one bad element does not hide problems in the others; then
+//! semantic rules run over everything that parsed. Messages name the dotted key and the bad value:
+//! `deployments.openai-main.weight = 0: must be >= 1`.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::raw::*;
+use super::*;
+
+/// Parses and validates `text`; `env` resolves `${NAME}` references.
+pub fn parse_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigErrors::single("(syntax)", e.to_string().trim_end().to_owned()))?;
+    let mut p = Problems::default();
+    expand_env_in_table(&mut table, "", env, &mut p);
+
+    let mut server = RawServer::default_filled();
+    let mut router = RawRouter::default_filled();
+    let mut breaker = RawBreaker::default_filled();
+    let mut log = RawLog::default_filled();
+    let mut deployments: Vec<(String, RawDeployment)> = Vec::new();
+    let mut fallbacks: Vec<(String, RawFallback)> = Vec::new();
+    let mut deployments_seen = false;
+
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => {
+                if let Some(s) = section("server", value, &mut p) {
+                    server = s;
+                }
+            }
+            "router" => {
+                if let Some(s) = section("router", value, &mut p) {
+                    router = s;
+                }
+            }
+            "breaker" => {
+                if let Some(s) = section("breaker", value, &mut p) {
+                    breaker = s;
+                }
+            }
+            "log" => {
+                if let Some(s) = section("log", value, &mut p) {
+                    log = s;
+                }
+            }
+            "deployments" => {
+                deployments_seen = true;
+                deployments = array_section("deployments", value, &mut p);
+            }
+            "fallbacks" => fallbacks = array_section("fallbacks", value, &mut p),
+            other => p.push(
+                other,
+                "unknown section (expected server, router, breaker, log, deployments, fallbacks)",
+            ),
+        }
+    }
+    if !deployments_seen {
+        p.push(
+            "deployments",
+            "at least one [[deployments]] entry is required",
+        );
+    }
+
+    let server = validate_server(server, &mut p);
+    let router = validate_router(router, &mut p);
+    let breaker = validate_breaker(breaker, &mut p);
+    let log = validate_log(log, &mut p);
+    let models: HashSet<String> = deployments.iter().map(|(_, d)| d.model.clone()).collect();
+    let (deployments, mut groups, group_index) = validate_deployments(deployments, &mut p);
+    validate_fallbacks(
+        fallbacks,
+        &models,
+        &mut groups,
+        &group_index,
+        router.as_ref().map_or(3, |r| r.max_fallbacks),
+        &mut p,
+    );
+
+    match (server, router, breaker, log) {
+        (Some(server), Some(router), Some(breaker), Some(log)) if p.0.is_empty() => Ok(Config {
+            server,
+            router,
+            breaker,
+            log,
+            deployments,
+            groups,
+            group_index,
+        }),
+        _ => Err(ConfigErrors(p.0)),
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `key = value: message`
+    fn bad(&mut self, key: impl AsRef<str>, value: impl std::fmt::Display, message: &str) {
+        self.push(format!("{} = {value}", key.as_ref()), message);
+    }
+}
+
+// === env expansion ===
+
+fn expand_env_in_table(
+    table: &mut toml::Table,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) {
+    for (k, v) in table.iter_mut() {
+        let key = join(path, k);
+        expand_env_in_value(v, &key, env, p);
+    }
+}
+
+fn expand_env_in_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) {
+    match value {
+        toml::Value::String(s) if s.contains('$') => match expand_env(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(msg) => p.push(path, msg),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let name = element_name(path, item, i);
+                expand_env_in_value(item, &name, env, p);
+            }
+        }
+        toml::Value::Table(t) => expand_env_in_table(t, path, env, p),
+        _ => {}
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value; `$${` stays a literal `${`.
+fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(stripped) = after.strip_prefix("${") {
+            let end = stripped
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
+            let name = &stripped[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
+            }
+            match env(name) {
+                Some(v) if v.is_empty() => {
+                    return Err(format!("environment variable {name} is set but empty"))
+                }
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &stripped[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// === sections ===
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `deployments.openai-main` when the element has an `id`, else `deployments[2]`.
+fn element_name(path: &str, item: &toml::Value, i: usize) -> String {
+    match item.get("id").and_then(|v| v.as_str()) {
+        Some(id) => format!("{path}.{id}"),
+        None => match item.get("from").and_then(|v| v.as_str()) {
+            Some(from) if path == "fallbacks" => format!("{path}.{from}"),
+            _ => format!("{path}[{i}]"),
+        },
+    }
+}
+
+fn section<T: DeserializeOwned>(name: &str, value: toml::Value, p: &mut Problems) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                name.to_owned()
+            } else {
+                join(name, &path)
+            };
+            let msg = e.inner().to_string();
+            let first_line = msg.lines().next().unwrap_or("invalid value").to_owned();
+            p.push(key, first_line);
+            None
+        }
+    }
+}
+
+fn array_section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    p: &mut Problems,
+) -> Vec<(String, T)> {
+    let toml::Value::Array(items) = value else {
+        p.push(
+            name,
+            format!(
+                "must be an array of tables ([[{name}]]), found {}",
+                value.type_str()
+            ),
+        );
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let elem = element_name(name, &item, i);
+            section::<T>(&elem, item, p).map(|v| (elem, v))
+        })
+        .collect()
+}
+
+// === defaults for absent sections ===
+
+trait DefaultFilled: Sized + DeserializeOwned {
+    /// The section as if it were present but empty, so every `default_x()` applies.
+    fn default_filled() -> Self {
+        serde_path_to_error::deserialize(toml::Value::Table(toml::Table::new()))
+            .unwrap_or_else(|_| Self::fallback())
+    }
+    fn fallback() -> Self;
+}
+
+impl DefaultFilled for RawServer {
+    fn fallback() -> Self {
+        RawServer::default()
+    }
+}
+impl DefaultFilled for RawRouter {
+    fn fallback() -> Self {
+        RawRouter::default()
+    }
+}
+impl DefaultFilled for RawBreaker {
+    fn fallback() -> Self {
+        RawBreaker::default()
+    }
+}
+impl DefaultFilled for RawLog {
+    fn fallback() -> Self {
+        RawLog::default()
+    }
+}
+
+// === semantic rules ===
+
+fn ms(key: &str, value: u64, min: u64, max: u64, p: &mut Problems) -> Option<Duration> {
+    if value < min {
+        p.bad(key, value, &format!("must be >= {min}"));
+        None
+    } else if value > max {
+        p.bad(key, value, &format!("must be <= {max}"));
+        None
+    } else {
+        Some(Duration::from_millis(value))
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+    p: &mut Problems,
+) -> Option<T> {
+    if value < min {
+        p.bad(key, value, &format!("must be >= {min}"));
+        None
+    } else if value > max {
+        p.bad(key, value, &format!("must be <= {max}"));
+        None
+    } else {
+        Some(value)
+    }
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerConfig> {
+    let before = p.0.len();
+    let listen = match raw.listen.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.bad(
+                "server.listen",
+                format!("{:?}", raw.listen),
+                "must be an address like \"127.0.0.1:4000\"",
+            );
+            None
+        }
+    };
+    let workers = in_range("server.workers", raw.workers, 0, 512, p);
+    let actor_threads = in_range("server.actor_threads", raw.actor_threads, 1, 64, p);
+    let max_body = in_range("server.max_body_bytes", raw.max_body_bytes, 1, 256 << 20, p);
+    let body_read = ms(
+        "server.body_read_timeout_ms",
+        raw.body_read_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let client_req = ms(
+        "server.client_request_timeout_ms",
+        raw.client_request_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let keep_alive = ms("server.keep_alive_ms", raw.keep_alive_ms, 0, DAY_MS, p);
+    let shutdown = ms(
+        "server.shutdown_timeout_ms",
+        raw.shutdown_timeout_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    let max_conn = in_range("server.max_connections", raw.max_connections, 1, 1 << 20, p);
+    let master_key = match raw.master_key {
+        Some(k) if k.is_empty() => {
+            p.push(
+                "server.master_key",
+                "must not be empty (omit it to disable auth)",
+            );
+            None
+        }
+        Some(k) if !is_header_safe(&k) => {
+            p.push(
+                "server.master_key",
+                "must be printable ASCII without spaces (it is compared with a bearer token)",
+            );
+            None
+        }
+        other => other.map(Secret::new),
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    let workers = match workers? {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
+    Some(ServerConfig {
+        listen: listen?,
+        workers,
+        actor_threads: actor_threads? as usize,
+        max_body_bytes: max_body? as usize,
+        body_read_timeout: body_read?,
+        client_request_timeout: client_req?,
+        keep_alive: keep_alive?,
+        shutdown_timeout: shutdown?,
+        max_connections: max_conn? as usize,
+        master_key,
+    })
+}
+
+fn validate_router(raw: RawRouter, p: &mut Problems) -> Option<RouterConfig> {
+    let before = p.0.len();
+    let strategy = match Strategy::parse(&raw.strategy) {
+        Some(s) => Some(s),
+        None => {
+            p.bad(
+                "router.strategy",
+                format!("{:?}", raw.strategy),
+                &format!(
+                    "unknown strategy (expected one of: {})",
+                    Strategy::NAMES.join(", ")
+                ),
+            );
+            None
+        }
+    };
+    let num_retries = in_range("router.num_retries", raw.num_retries, 0, 10, p);
+    let backoff_base = ms("router.backoff_base_ms", raw.backoff_base_ms, 1, DAY_MS, p);
+    let backoff_max = ms("router.backoff_max_ms", raw.backoff_max_ms, 1, DAY_MS, p);
+    if raw.backoff_max_ms < raw.backoff_base_ms {
+        p.bad(
+            "router.backoff_max_ms",
+            raw.backoff_max_ms,
+            "must be >= router.backoff_base_ms",
+        );
+    }
+    let max_retry_wait = ms(
+        "router.max_retry_wait_ms",
+        raw.max_retry_wait_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    let max_fallbacks = in_range("router.max_fallbacks", raw.max_fallbacks, 0, 16, p);
+    let timeout = ms("router.timeout_ms", raw.timeout_ms, 1, DAY_MS, p);
+    let per_try = ms(
+        "router.per_try_timeout_ms",
+        raw.per_try_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let first_token = ms(
+        "router.first_token_timeout_ms",
+        raw.first_token_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let idle = ms(
+        "router.stream_idle_timeout_ms",
+        raw.stream_idle_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let connect = ms(
+        "router.connect_timeout_ms",
+        raw.connect_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let max_resp = in_range(
+        "router.max_response_bytes",
+        raw.max_response_bytes,
+        1024,
+        1 << 30,
+        p,
+    );
+    let buffer = in_range(
+        "router.stream_buffer_chunks",
+        raw.stream_buffer_chunks,
+        1,
+        1024,
+        p,
+    );
+    let mailbox = ms(
+        "router.mailbox_timeout_ms",
+        raw.mailbox_timeout_ms,
+        1,
+        60_000,
+        p,
+    );
+    let max_conns = in_range(
+        "router.max_connections_per_worker",
+        raw.max_connections_per_worker,
+        1,
+        1 << 20,
+        p,
+    );
+    let rl_cooldown = ms(
+        "router.rate_limit_cooldown_ms",
+        raw.rate_limit_cooldown_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    let long_cooldown = ms(
+        "router.long_cooldown_ms",
+        raw.long_cooldown_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    if p.0.len() != before {
+        return None;
+    }
+    Some(RouterConfig {
+        strategy: strategy?,
+        num_retries: num_retries?,
+        backoff_base: backoff_base?,
+        backoff_max: backoff_max?,
+        max_retry_wait: max_retry_wait?,
+        max_fallbacks: max_fallbacks? as usize,
+        timeout: timeout?,
+        per_try_timeout: per_try?,
+        first_token_timeout: first_token?,
+        stream_idle_timeout: idle?,
+        connect_timeout: connect?,
+        max_response_bytes: max_resp? as usize,
+        stream_buffer_chunks: buffer? as usize,
+        mailbox_timeout: mailbox?,
+        max_connections_per_worker: max_conns? as usize,
+        rate_limit_cooldown: rl_cooldown?,
+        long_cooldown: long_cooldown?,
+    })
+}
+
+fn validate_breaker(raw: RawBreaker, p: &mut Problems) -> Option<BreakerConfig> {
+    let before = p.0.len();
+    let failures = in_range(
+        "breaker.consecutive_failures",
+        raw.consecutive_failures,
+        1,
+        1000,
+        p,
+    );
+    let cooldown = ms("breaker.cooldown_ms", raw.cooldown_ms, 1, DAY_MS, p);
+    let probes = in_range("breaker.half_open_probes", raw.half_open_probes, 1, 100, p);
+    let probe_timeout = ms(
+        "breaker.probe_timeout_ms",
+        raw.probe_timeout_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    if p.0.len() != before {
+        return None;
+    }
+    Some(BreakerConfig {
+        consecutive_failures: failures?,
+        cooldown: cooldown?,
+        half_open_probes: probes?,
+        probe_timeout: probe_timeout?,
+    })
+}
+
+fn validate_log(raw: RawLog, p: &mut Problems) -> Option<LogConfig> {
+    let before = p.0.len();
+    if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
+        p.bad(
+            "log.level",
+            format!("{:?}", raw.level),
+            "must be a level (error, warn, info, debug, trace) or a tracing filter directive",
+        );
+    }
+    let format = match raw.format.as_str() {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        other => {
+            p.bad(
+                "log.format",
+                format!("{other:?}"),
+                "must be \"json\" or \"text\"",
+            );
+            None
+        }
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    Some(LogConfig {
+        level: raw.level,
+        format: format?,
+        requests: raw.requests,
+    })
+}
+
+/// Printable ASCII, no spaces: safe inside an HTTP header value.
+fn is_header_safe(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn is_label_safe(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Dollars per million tokens -> pico-dollars per token.
+fn price(key: &str, per_mtok: f64, p: &mut Problems) -> u64 {
+    if !per_mtok.is_finite() || !(0.0..=1_000_000.0).contains(&per_mtok) {
+        p.bad(
+            key,
+            per_mtok,
+            "must be a number between 0 and 1000000 (dollars per million tokens)",
+        );
+        return 0;
+    }
+    // $1/Mtok = 1e-6 $/token = 1e6 pico-dollars per token.
+    (per_mtok * 1e6).round() as u64
+}
+
+type Deployments = (
+    Vec<Arc<Deployment>>,
+    Vec<ModelGroup>,
+    HashMap<Arc<str>, usize>,
+);
+
+fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) -> Deployments {
+    let mut deployments = Vec::new();
+    let mut groups: Vec<ModelGroup> = Vec::new();
+    let mut group_index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut ids = HashSet::new();
+
+    for (name, raw) in raws {
+        let before = p.0.len();
+        let k = |field: &str| format!("{name}.{field}");
+        if raw.id.is_empty() || raw.id.len() > 64 || !is_label_safe(&raw.id) {
+            p.bad(
+                k("id"),
+                format!("{:?}", raw.id),
+                "must be 1-64 characters from A-Z a-z 0-9 . _ -",
+            );
+        } else if !ids.insert(raw.id.clone()) {
+            p.bad(k("id"), format!("{:?}", raw.id), "duplicate deployment id");
+        }
+        if raw.model.is_empty()
+            || raw.model.len() > 256
+            || raw
+                .model
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            p.bad(
+                k("model"),
+                format!("{:?}", raw.model),
+                "must be 1-256 characters without whitespace",
+            );
+        }
+        let provider = match ProviderKind::parse(&raw.provider) {
+            Some(kind) => Some(kind),
+            None => {
+                p.bad(
+                    k("provider"),
+                    format!("{:?}", raw.provider),
+                    &format!(
+                        "unknown provider (expected one of: {})",
+                        ProviderKind::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        let upstream_model = raw.upstream_model.unwrap_or_else(|| raw.model.clone());
+        if upstream_model.is_empty() {
+            p.bad(k("upstream_model"), "\"\"", "must not be empty");
+        }
+        let endpoint = provider.and_then(|kind| {
+            let base = raw
+                .api_base
+                .clone()
+                .unwrap_or_else(|| kind.default_api_base().to_owned());
+            match check_base_url(&base) {
+                Ok(()) => Some(kind.endpoint(&base)),
+                Err(msg) => {
+                    p.bad(k("api_base"), format!("{base:?}"), msg);
+                    None
+                }
+            }
+        });
+        let api_key = match raw.api_key {
+            Some(key) if key.is_empty() => {
+                p.push(k("api_key"), "must not be empty (omit it to send no key)");
+                None
+            }
+            Some(key) if !is_header_safe(&key) => {
+                p.push(
+                    k("api_key"),
+                    "must be printable ASCII without spaces (it is sent in a header)",
+                );
+                None
+            }
+            other => other.map(Secret::new),
+        };
+        if raw.weight == 0 || raw.weight > 1_000_000 {
+            p.bad(k("weight"), raw.weight, "must be between 1 and 1000000");
+        }
+        let rpm = match raw.rpm {
+            Some(0) => {
+                p.bad(k("rpm"), 0, "must be >= 1 (omit it for no limit)");
+                None
+            }
+            other => other.and_then(NonZeroU32::new),
+        };
+        if raw.max_concurrency == Some(0) {
+            p.bad(
+                k("max_concurrency"),
+                0,
+                "must be >= 1 (omit it for no limit)",
+            );
+        }
+        let input = price(&k("input_cost_per_mtok"), raw.input_cost_per_mtok, p);
+        let output = price(&k("output_cost_per_mtok"), raw.output_cost_per_mtok, p);
+        let cached_input = match raw.cached_input_cost_per_mtok {
+            Some(c) => price(&k("cached_input_cost_per_mtok"), c, p),
+            None => input,
+        };
+        if raw.default_max_tokens == 0 {
+            p.bad(k("default_max_tokens"), 0, "must be >= 1");
+        }
+        if raw.anthropic_version.is_empty() || !is_header_safe(&raw.anthropic_version) {
+            p.bad(
+                k("anthropic_version"),
+                format!("{:?}", raw.anthropic_version),
+                "must be a version like \"2023-06-01\"",
+            );
+        }
+        if p.0.len() != before {
+            continue;
+        }
+        let (Some(provider), Some(endpoint)) = (provider, endpoint) else {
+            continue;
+        };
+
+        let model: Arc<str> = raw.model.into();
+        let group = match group_index.get(&model) {
+            Some(&g) => g,
+            None => {
+                let g = groups.len();
+                groups.push(ModelGroup {
+                    index: g,
+                    name: model.clone(),
+                    deployments: Vec::new(),
+                    fallbacks: Vec::new(),
+                });
+                group_index.insert(model.clone(), g);
+                g
+            }
+        };
+        let index = deployments.len();
+        groups[group].deployments.push(index);
+        deployments.push(Arc::new(Deployment {
+            index,
+            id: raw.id.into(),
+            group,
+            model,
+            provider,
+            upstream_model: upstream_model.into(),
+            endpoint: endpoint.into(),
+            api_key,
+            weight: raw.weight,
+            rpm,
+            max_concurrency: raw.max_concurrency,
+            prices: Prices {
+                input,
+                cached_input,
+                output,
+            },
+            default_max_tokens: raw.default_max_tokens,
+            anthropic_version: raw.anthropic_version.into(),
+        }));
+    }
+    (deployments, groups, group_index)
+}
+
+fn check_base_url(base: &str) -> Result<(), &'static str> {
+    let uri: awc::http::Uri = base
+        .parse()
+        .map_err(|_| "must be an absolute http:// or https:// URL")?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err("must be an absolute http:// or https:// URL"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("must name a host");
+    }
+    if uri.query().is_some() || base.contains('#') {
+        return Err("must not have a query or fragment");
+    }
+    Ok(())
+}
+
+/// `models` holds every model named by a deployment, valid or not, so a fallback is judged on
+/// its own even when a deployment it names has problems of its own.
+fn validate_fallbacks(
+    raws: Vec<(String, RawFallback)>,
+    models: &HashSet<String>,
+    groups: &mut [ModelGroup],
+    group_index: &HashMap<Arc<str>, usize>,
+    max_fallbacks: usize,
+    p: &mut Problems,
+) {
+    let mut seen_from = HashSet::new();
+    for (name, raw) in raws {
+        if !models.contains(&raw.from) {
+            p.bad(
+                format!("{name}.from"),
+                format!("{:?}", raw.from),
+                "no deployment serves this model",
+            );
+            continue;
+        }
+        if !seen_from.insert(raw.from.clone()) {
+            p.bad(
+                format!("{name}.from"),
+                format!("{:?}", raw.from),
+                "more than one [[fallbacks]] entry for this model",
+            );
+            continue;
+        }
+        if raw.to.is_empty() {
+            p.push(format!("{name}.to"), "must list at least one model");
+            continue;
+        }
+        let mut seen_to = HashSet::new();
+        for (i, target) in raw.to.iter().enumerate() {
+            let key = format!("{name}.to[{i}]");
+            if !models.contains(target) {
+                p.bad(
+                    key,
+                    format!("{target:?}"),
+                    "no deployment serves this model",
+                );
+            } else if *target == raw.from {
+                p.bad(
+                    key,
+                    format!("{target:?}"),
+                    "a model cannot fall back to itself",
+                );
+            } else if !seen_to.insert(target) {
+                p.bad(key, format!("{target:?}"), "listed twice");
+            }
+        }
+        // With every deployment valid, every name resolves; otherwise the config is rejected.
+        let Some(&from) = group_index.get(raw.from.as_str()) else {
+            continue;
+        };
+        let chain: Vec<usize> = raw
+            .to
+            .iter()
+            .filter_map(|t| group_index.get(t.as_str()).copied())
+            .filter(|&g| g != from)
+            .take(max_fallbacks)
+            .collect();
+        groups[from].fallbacks = chain;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[deployments]]
+id = "a"
+model = "gpt-4o"
+provider = "openai"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_with_env(text, &|name| match name {
+            "OPENAI_API_KEY" => Some("sk-test".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        })
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected the config to be rejected"),
+            Err(e) => {
+                e.0.iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect()
+            }
+        }
+    }
+
+    fn assert_has(problems: &[String], needle: &str) {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "no problem contains {needle:?}; got {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = parse(MINIMAL).expect("minimal config is valid");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.server.max_body_bytes, 4 << 20);
+        assert_eq!(c.router.num_retries, 3);
+        assert_eq!(c.router.backoff_base, Duration::from_secs(1));
+        assert_eq!(c.router.max_fallbacks, 3);
+        assert_eq!(c.breaker.consecutive_failures, 5);
+        assert_eq!(c.breaker.cooldown, Duration::from_secs(30));
+        let d = &c.deployments[0];
+        assert_eq!(&*d.endpoint, "https://api.openai.com/v1/chat/completions");
+        assert_eq!(&*d.upstream_model, "gpt-4o");
+        assert_eq!(d.weight, 1);
+        assert!(d.api_key.is_none());
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(
+            c.group_by_name("gpt-4o").map(|g| g.deployments.clone()),
+            Some(vec![0])
+        );
+    }
+
+    #[test]
+    fn the_reference_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../../config/switchyard.toml");
+        let c = parse_with_env(text, &|_| Some("from-env".to_owned()))
+            .expect("config/switchyard.toml is valid");
+        assert_eq!(c.deployments.len(), 2);
+        assert_eq!(c.groups[0].fallbacks, vec![1]);
+    }
+
+    #[test]
+    fn the_demo_config_is_valid_without_any_environment() {
+        let text = include_str!("../../config/demo.toml");
+        parse_with_env(text, &|_| None).expect("config/demo.toml needs no environment");
+    }
+
+    #[test]
+    fn prices_are_pico_dollars_per_token() {
+        let c = parse(
+            r#"
+[[deployments]]
+id = "a"
+model = "m"
+provider = "openai"
+input_cost_per_mtok = 2.50
+output_cost_per_mtok = 10.0
+"#,
+        )
+        .expect("valid");
+        let prices = c.deployments[0].prices;
+        assert_eq!(prices.input, 2_500_000);
+        assert_eq!(prices.cached_input, 2_500_000);
+        assert_eq!(prices.output, 10_000_000);
+        // 1000 prompt tokens + 100 completion tokens = $0.0025 + $0.001 = 3.5e9 pico-dollars.
+        assert_eq!(prices.cost(1000, 0, 100), 3_500_000_000);
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let c = parse(
+            r#"
+[[deployments]]
+id = "a"
+model = "m"
+provider = "openai"
+api_key = "${OPENAI_API_KEY}"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.deployments[0].api_key.as_ref().map(|k| k.expose()),
+            Some("sk-test")
+        );
+        assert_eq!(format!("{:?}", c.deployments[0].api_key), "Some(***)");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_names_the_key() {
+        let p = problems(
+            r#"
+[[deployments]]
+id = "anthropic-main"
+model = "m"
+provider = "anthropic"
+api_key = "${ANTHROPIC_API_KEY}"
+"#,
+        );
+        assert_eq!(
+            p,
+            vec!["deployments.anthropic-main.api_key: environment variable ANTHROPIC_API_KEY is not set"]
+        );
+    }
+
+    #[test]
+    fn an_empty_environment_variable_is_rejected() {
+        let p = problems(&MINIMAL.replace(
+            "provider = \"openai\"",
+            "provider = \"openai\"\napi_key = \"${EMPTY}\"",
+        ));
+        assert_has(
+            &p,
+            "deployments.a.api_key: environment variable EMPTY is set but empty",
+        );
+    }
+
+    #[test]
+    fn dollar_dollar_brace_is_a_literal() {
+        assert_eq!(
+            expand_env("a$${B}c$d", &|_| None),
+            Ok("a${B}c$d".to_owned())
+        );
+        assert!(expand_env("${1BAD}", &|_| None).is_err());
+        assert!(expand_env("${OPEN", &|_| None).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let p = problems(&format!("{MINIMAL}wieght = 2\n"));
+        assert_has(&p, "deployments.a.wieght: unknown field `wieght`");
+        let p = problems(&format!("[server]\nlisten_addr = \"x\"\n{MINIMAL}"));
+        assert_has(&p, "server.listen_addr: unknown field `listen_addr`");
+        let p = problems(&format!("[routing]\nx = 1\n{MINIMAL}"));
+        assert_has(&p, "routing: unknown section");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let p = problems(&format!("[server]\nworkers = \"two\"\n{MINIMAL}"));
+        assert_has(&p, "server.workers: invalid type: string \"two\"");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let p = problems(
+            r#"
+[server]
+listen = "nowhere"
+[router]
+strategy = "fastest"
+num_retries = 99
+[breaker]
+consecutive_failures = 0
+[[deployments]]
+id = "a"
+model = "m"
+provider = "openai"
+weight = 0
+[[deployments]]
+id = "a"
+model = "m"
+provider = "cohere-ish"
+api_base = "ftp://x"
+[[fallbacks]]
+from = "m"
+to = ["nope", "m"]
+"#,
+        );
+        assert_has(&p, "server.listen = \"nowhere\": must be an address");
+        assert_has(&p, "router.strategy = \"fastest\": unknown strategy");
+        assert_has(&p, "router.num_retries = 99: must be <= 10");
+        assert_has(&p, "breaker.consecutive_failures = 0: must be >= 1");
+        assert_has(
+            &p,
+            "deployments.a.weight = 0: must be between 1 and 1000000",
+        );
+        assert_has(&p, "deployments.a.id = \"a\": duplicate deployment id");
+        assert_has(
+            &p,
+            "deployments.a.provider = \"cohere-ish\": unknown provider",
+        );
+        assert_has(
+            &p,
+            "fallbacks.m.to[0] = \"nope\": no deployment serves this model",
+        );
+        assert_has(
+            &p,
+            "fallbacks.m.to[1] = \"m\": a model cannot fall back to itself",
+        );
+        assert!(p.len() >= 9, "{p:#?}");
+    }
+
+    #[test]
+    fn bad_urls_and_ids_are_rejected() {
+        let p = problems(
+            r#"
+[[deployments]]
+id = "has space"
+model = "m"
+provider = "openai"
+api_base = "not a url"
+[[deployments]]
+id = "b"
+model = "m"
+provider = "openai"
+api_base = "https://x.example/v1?key=1"
+"#,
+        );
+        assert_has(
+            &p,
+            "deployments.has space.id = \"has space\": must be 1-64 characters",
+        );
+        assert_has(
+            &p,
+            "deployments.has space.api_base = \"not a url\": must be an absolute",
+        );
+        assert_has(
+            &p,
+            "deployments.b.api_base = \"https://x.example/v1?key=1\": must not have a query",
+        );
+    }
+
+    #[test]
+    fn limits_must_be_positive() {
+        let p = problems(&format!(
+            "[server]\nmax_body_bytes = 0\n[router]\ntimeout_ms = 0\nbackoff_base_ms = 10\nbackoff_max_ms = 5\n{MINIMAL}rpm = 0\nmax_concurrency = 0\n"
+        ));
+        assert_has(&p, "server.max_body_bytes = 0: must be >= 1");
+        assert_has(&p, "router.timeout_ms = 0: must be >= 1");
+        assert_has(
+            &p,
+            "router.backoff_max_ms = 5: must be >= router.backoff_base_ms",
+        );
+        assert_has(&p, "deployments.a.rpm = 0: must be >= 1");
+        assert_has(&p, "deployments.a.max_concurrency = 0: must be >= 1");
+    }
+
+    #[test]
+    fn no_deployments_is_an_error() {
+        let p = problems("[server]\nlisten = \"127.0.0.1:1\"\n");
+        assert_has(
+            &p,
+            "deployments: at least one [[deployments]] entry is required",
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_a_position() {
+        let p = problems("[server\n");
+        assert!(p[0].starts_with("(syntax): "), "{p:?}");
+        assert!(p[0].contains("line 1"), "{p:?}");
+    }
+
+    #[test]
+    fn fallbacks_are_cut_to_max_fallbacks() {
+        let c = parse(
+            r#"
+[router]
+max_fallbacks = 1
+[[deployments]]
+id = "a"
+model = "m1"
+provider = "openai"
+[[deployments]]
+id = "b"
+model = "m2"
+provider = "openai"
+[[deployments]]
+id = "c"
+model = "m3"
+provider = "anthropic"
+[[fallbacks]]
+from = "m1"
+to = ["m2", "m3"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.groups[0].fallbacks, vec![1]);
+        assert_eq!(
+            &*c.deployments[2].endpoint,
+            "https://api.anthropic.com/v1/messages"
+        );
+    }
+}
