@@ -1,0 +1,422 @@
+//! `DeploymentActor`: the single owner of one deployment's state — its rpm limiter (governor),
+//! circuit breaker, cooldown, latency/TTFT statistics and in-flight count. It answers `GetBid`
+//! (may I send you a request, on what terms), `Reserve` (take a permit), `ReportOutcome` (how the
+//! attempt went) and `GetSnapshot` (for `/health/ready`). Every answer is computed from the state
+//! it holds, O(1), with no I/O: upstream calls happen on the HTTP worker threads, never here.
+//!
+//! Time-driven transitions (breaker open -> half-open, cooldown over) are derived from timestamps
+//! when a message arrives; the one timer only refreshes the breaker gauge.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::{Config, Deployment};
+use crate::error::ErrorClass;
+use crate::metrics::Metrics;
+use crate::policy::breaker::{Admission, Breaker, BreakerState, ProbeTicket};
+use crate::policy::scoring::{Bid, Decline};
+use crate::policy::stats::LatencyStats;
+
+/// Mailbox bound. Outcomes are sent with `try_send`; when full they are dropped and counted,
+/// so a stuck actor cannot make request handling wait.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+/// Upstream Retry-After values are clamped to this range before cooling a deployment.
+pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
+/// How long a rate-limited deployment cools: the upstream's Retry-After clamped to 1–300 s, else
+/// `default`.
+pub fn rate_limit_cooldown(retry_after: Option<Duration>, default: Duration) -> Duration {
+    match retry_after {
+        Some(ra) => ra.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX),
+        None => default,
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Duration>>;
+
+pub struct DeploymentActor {
+    dep: Arc<Deployment>,
+    config: Arc<Config>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// Shared with permits: incremented here on `Reserve`, decremented when a permit drops.
+    in_flight: Arc<AtomicU32>,
+    limiter: Option<Limiter>,
+    breaker: Breaker,
+    breaker_state: BreakerState,
+    /// The governor refused until then; bids decline without asking it again.
+    rate_limited_until: Option<Instant>,
+    /// After an upstream 429 (short) or a quota/auth failure (long).
+    cooldown: Option<(Instant, bool)>,
+    stats: LatencyStats,
+    successes: u64,
+    failures: u64,
+}
+
+impl DeploymentActor {
+    pub fn new(
+        dep: Arc<Deployment>,
+        config: Arc<Config>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        in_flight: Arc<AtomicU32>,
+    ) -> Self {
+        let limiter = dep
+            .rpm
+            .map(|rpm| RateLimiter::direct_with_clock(Quota::per_minute(rpm), clock.clone()));
+        let breaker = Breaker::new(config.breaker);
+        DeploymentActor {
+            dep,
+            config,
+            clock,
+            metrics,
+            in_flight,
+            limiter,
+            breaker,
+            breaker_state: BreakerState::Closed,
+            rate_limited_until: None,
+            cooldown: None,
+            stats: LatencyStats::default(),
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    fn dep_metrics(&self) -> &crate::metrics::DeploymentMetrics {
+        &self.metrics.deployments[self.dep.index]
+    }
+
+    fn sync_breaker_gauge(&mut self, now: Instant) {
+        let state = self.breaker.state(now);
+        if state != self.breaker_state {
+            self.breaker_state = state;
+            self.dep_metrics().breaker_state.set(state.gauge());
+            tracing::info!(deployment = %self.dep.id, state = state.as_str(), "circuit breaker");
+        }
+    }
+
+    /// Why this deployment would refuse a request now, if it would.
+    fn decline(&mut self, now: Instant) -> Option<Decline> {
+        if let Some((until, long)) = self.cooldown {
+            if now < until {
+                return Some(Decline::CoolingDown { until, long });
+            }
+            self.cooldown = None;
+        }
+        if !self.breaker.would_admit(now) {
+            return Some(Decline::BreakerOpen {
+                until: self.breaker.open_until(now),
+            });
+        }
+        if let Some(max) = self.dep.max_concurrency {
+            if self.in_flight.load(Ordering::Relaxed) >= max {
+                return Some(Decline::AtCapacity);
+            }
+        }
+        if let Some(until) = self.rate_limited_until {
+            if now < until {
+                return Some(Decline::RateLimited { until });
+            }
+            self.rate_limited_until = None;
+        }
+        None
+    }
+
+    fn bid(&mut self) -> Bid {
+        let now = self.clock.now();
+        let decline = self.decline(now);
+        self.sync_breaker_gauge(now);
+        Bid {
+            deployment: self.dep.index,
+            decline,
+            weight: self.dep.weight,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            latency_us: self.stats.latency.get(),
+            ttft_us: self.stats.ttft.get(),
+        }
+    }
+
+    fn reserve(&mut self) -> Result<Grant, Decline> {
+        let now = self.clock.now();
+        if let Some(d) = self.decline(now) {
+            self.dep_metrics().decline(d.as_str());
+            return Err(d);
+        }
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
+                let until = now + wait;
+                self.rate_limited_until = Some(until);
+                self.dep_metrics().decline("rate_limited");
+                return Err(Decline::RateLimited { until });
+            }
+        }
+        let probe = match self.breaker.admit(now) {
+            Admission::Admit => None,
+            Admission::Probe(t) => Some(t),
+            Admission::Reject { until } => {
+                // `decline` said it would admit; only a race with time can land here.
+                self.dep_metrics().decline("breaker_open");
+                return Err(Decline::BreakerOpen { until });
+            }
+        };
+        self.sync_breaker_gauge(now);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.dep_metrics().in_flight.increment(1.0);
+        Ok(Grant { probe })
+    }
+
+    fn outcome(&mut self, o: ReportOutcome) {
+        let now = self.clock.now();
+        match o.outcome {
+            Outcome::Success => {
+                self.successes += 1;
+                self.stats.observe(o.latency, o.ttft);
+                self.breaker.on_success(now, o.probe);
+            }
+            Outcome::Failure(class) => {
+                self.failures += 1;
+                if class.is_breaker_failure() {
+                    self.breaker.on_failure(now, o.probe);
+                } else if class == ErrorClass::RateLimited {
+                    let d =
+                        rate_limit_cooldown(o.retry_after, self.config.router.rate_limit_cooldown);
+                    if !d.is_zero() {
+                        self.cool(now + d, false);
+                    }
+                    self.breaker.on_neutral(now, o.probe);
+                } else if class.is_long_cooldown() {
+                    tracing::warn!(
+                        deployment = %self.dep.id,
+                        class = class.as_str(),
+                        cooldown_s = self.config.router.long_cooldown.as_secs(),
+                        "deployment disabled: the upstream refused our credentials or quota"
+                    );
+                    self.cool(now + self.config.router.long_cooldown, true);
+                    self.breaker.on_neutral(now, o.probe);
+                } else {
+                    // Context window, content policy, bad request: the upstream is healthy.
+                    self.breaker.on_success(now, o.probe);
+                }
+            }
+            Outcome::Cancelled => self.breaker.on_neutral(now, o.probe),
+        }
+        self.sync_breaker_gauge(now);
+    }
+
+    fn cool(&mut self, until: Instant, long: bool) {
+        let later = self.cooldown.is_none_or(|(u, _)| until > u);
+        if later {
+            self.cooldown = Some((until, long));
+        }
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let now = self.clock.now();
+        let decline = self.decline(now);
+        let breaker = self.breaker.state(now);
+        self.sync_breaker_gauge(now);
+        let ms_until =
+            |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_millis() as u64);
+        Snapshot {
+            id: self.dep.id.to_string(),
+            model: self.dep.model.to_string(),
+            provider: self.dep.provider.as_str(),
+            available: decline.is_none(),
+            decline: decline.map(|d| d.as_str()),
+            breaker: breaker.as_str(),
+            consecutive_failures: self.breaker.consecutive_failures(),
+            retry_in_ms: ms_until(decline.and_then(|d| d.until())),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            successes: self.successes,
+            failures: self.failures,
+            latency_ewma_ms: self.stats.latency.get().map(|us| us / 1000.0),
+            ttft_ewma_ms: self.stats.ttft.get().map(|us| us / 1000.0),
+            latency_p50_ms: self
+                .stats
+                .latency_quantile_us(0.5)
+                .map(|us| us as f64 / 1000.0),
+            latency_p99_ms: self
+                .stats
+                .latency_quantile_us(0.99)
+                .map(|us| us as f64 / 1000.0),
+        }
+    }
+}
+
+impl Actor for DeploymentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // Backstop only: every message already derives the breaker state from timestamps.
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            let now = act.clock.now();
+            act.sync_breaker_gauge(now);
+        });
+    }
+}
+
+impl Supervised for DeploymentActor {
+    /// A deliberate stop means "my state is suspect": start clean, keep the limiter so a restart
+    /// is not a way around the rpm limit.
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(deployment = %self.dep.id, "deployment actor restarting");
+        self.breaker = Breaker::new(self.config.breaker);
+        self.breaker_state = BreakerState::Closed;
+        self.dep_metrics()
+            .breaker_state
+            .set(BreakerState::Closed.gauge());
+        self.rate_limited_until = None;
+        self.cooldown = None;
+        self.stats = LatencyStats::default();
+    }
+}
+
+// === messages ===
+
+/// Could you take a request now, and on what terms?
+#[derive(Message)]
+#[rtype(result = "Bid")]
+pub struct GetBid;
+
+impl Handler<GetBid> for DeploymentActor {
+    type Result = MessageResult<GetBid>;
+    fn handle(&mut self, _: GetBid, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.bid())
+    }
+}
+
+/// Take a permit for one attempt (counts against rpm, concurrency and, when half-open, probes).
+#[derive(Message)]
+#[rtype(result = "Result<Grant, Decline>")]
+pub struct Reserve;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    /// Set when the attempt is a half-open probe.
+    pub probe: Option<ProbeTicket>,
+}
+
+impl Handler<Reserve> for DeploymentActor {
+    type Result = Result<Grant, Decline>;
+    fn handle(&mut self, _: Reserve, _: &mut Context<Self>) -> Self::Result {
+        self.reserve()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure(ErrorClass),
+    /// The client left or the attempt was abandoned: no verdict on the deployment.
+    Cancelled,
+}
+
+/// How an attempt went. Fire and forget (`try_send`).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReportOutcome {
+    pub outcome: Outcome,
+    pub probe: Option<ProbeTicket>,
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Handler<ReportOutcome> for DeploymentActor {
+    type Result = ();
+    fn handle(&mut self, msg: ReportOutcome, _: &mut Context<Self>) {
+        self.outcome(msg);
+    }
+}
+
+/// The deployment's state, for `/health/ready`.
+#[derive(Message)]
+#[rtype(result = "Snapshot")]
+pub struct GetSnapshot;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub model: String,
+    pub provider: &'static str,
+    pub available: bool,
+    pub decline: Option<&'static str>,
+    pub breaker: &'static str,
+    pub consecutive_failures: u32,
+    pub retry_in_ms: Option<u64>,
+    pub in_flight: u32,
+    pub successes: u64,
+    pub failures: u64,
+    pub latency_ewma_ms: Option<f64>,
+    pub ttft_ewma_ms: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl Snapshot {
+    /// For a deployment whose actor did not answer.
+    pub fn unavailable(dep: &Deployment) -> Snapshot {
+        Snapshot {
+            id: dep.id.to_string(),
+            model: dep.model.to_string(),
+            provider: dep.provider.as_str(),
+            available: false,
+            decline: Some("unavailable"),
+            breaker: "unknown",
+            consecutive_failures: 0,
+            retry_in_ms: None,
+            in_flight: 0,
+            successes: 0,
+            failures: 0,
+            latency_ewma_ms: None,
+            ttft_ewma_ms: None,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+        }
+    }
+}
+
+impl Handler<GetSnapshot> for DeploymentActor {
+    type Result = MessageResult<GetSnapshot>;
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+/// Test hook: make the actor stop (the supervisor restarts it) or panic (its mailbox closes and
+/// the registry respawns it). Reachable only from Rust, never from HTTP.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash {
+    pub panic: bool,
+}
+
+impl Handler<Crash> for DeploymentActor {
+    type Result = ();
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) {
+        if msg.panic {
+            #[expect(clippy::panic, reason = "test hook that simulates a bug in the actor")]
+            {
+                panic!(
+                    "deployment actor {} crashed on request (test hook)",
+                    self.dep.id
+                );
+            }
+        }
+        ctx.stop();
+    }
+}

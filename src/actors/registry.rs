@@ -1,0 +1,158 @@
+//! The registry starts one supervised `DeploymentActor` per deployment on dedicated arbiters,
+//! hands out their addresses, and respawns an actor whose mailbox closed (actix does not restart
+//! an actor that panicked). Addresses are read lock-free (`ArcSwap`) on every request.
+
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix::Supervisor;
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use super::deployment::DeploymentActor;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Respawns of one deployment are spaced by at least this, doubling up to `RESPAWN_MAX`.
+const RESPAWN_MIN: Duration = Duration::from_millis(100);
+const RESPAWN_MAX: Duration = Duration::from_secs(10);
+
+struct Slot {
+    addr: ArcSwap<Addr<DeploymentActor>>,
+    in_flight: Arc<AtomicU32>,
+    respawn: Mutex<RespawnState>,
+}
+
+#[derive(Default)]
+struct RespawnState {
+    last: Option<Instant>,
+    backoff: Duration,
+}
+
+pub struct Registry {
+    config: Arc<Config>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    arbiters: Mutex<Vec<Arbiter>>,
+    slots: Vec<Slot>,
+}
+
+impl Registry {
+    /// Starts every deployment actor. Must run inside an actix `System`.
+    pub fn start(config: Arc<Config>, clock: Clock, metrics: Arc<Metrics>) -> Arc<Registry> {
+        let arbiters: Vec<Arbiter> = (0..config.server.actor_threads)
+            .map(|_| Arbiter::new())
+            .collect();
+        let slots = config
+            .deployments
+            .iter()
+            .map(|dep| {
+                let in_flight = Arc::new(AtomicU32::new(0));
+                let arbiter = arbiters[dep.index % arbiters.len()].handle();
+                let addr = spawn(&arbiter, &config, dep.index, &clock, &metrics, &in_flight);
+                Slot {
+                    addr: ArcSwap::from_pointee(addr),
+                    in_flight,
+                    respawn: Mutex::new(RespawnState::default()),
+                }
+            })
+            .collect();
+        Arc::new(Registry {
+            config,
+            clock,
+            metrics,
+            arbiters: Mutex::new(arbiters),
+            slots,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The current address of a deployment's actor.
+    pub fn addr(&self, deployment: usize) -> Arc<Addr<DeploymentActor>> {
+        self.slots[deployment].addr.load_full()
+    }
+
+    pub fn in_flight(&self, deployment: usize) -> &Arc<AtomicU32> {
+        &self.slots[deployment].in_flight
+    }
+
+    /// Called when a message found the actor's mailbox closed: starts a fresh actor from config,
+    /// unless one was started very recently (then the caller just treats it as unavailable).
+    pub fn respawn(&self, deployment: usize) {
+        let slot = &self.slots[deployment];
+        if slot.addr.load().connected() {
+            return; // someone else already respawned it
+        }
+        let now = self.clock.now();
+        {
+            let Ok(mut state) = slot.respawn.lock() else {
+                return;
+            };
+            if let Some(last) = state.last {
+                if now.saturating_duration_since(last) < state.backoff {
+                    return;
+                }
+                state.backoff = (state.backoff * 2).clamp(RESPAWN_MIN, RESPAWN_MAX);
+            } else {
+                state.backoff = RESPAWN_MIN;
+            }
+            state.last = Some(now);
+        }
+        let Ok(arbiters) = self.arbiters.lock() else {
+            return;
+        };
+        let Some(arbiter) = arbiters.get(deployment % arbiters.len().max(1)) else {
+            return;
+        };
+        let addr = spawn(
+            &arbiter.handle(),
+            &self.config,
+            deployment,
+            &self.clock,
+            &self.metrics,
+            &slot.in_flight,
+        );
+        slot.addr.store(Arc::new(addr));
+        self.metrics.deployments[deployment].respawns.increment(1);
+        tracing::warn!(deployment = %self.config.deployments[deployment].id, "deployment actor respawned");
+    }
+
+    /// Stops the arbiters (and with them every deployment actor).
+    pub fn stop(&self) {
+        if let Ok(arbiters) = self.arbiters.lock() {
+            for a in arbiters.iter() {
+                a.stop();
+            }
+        }
+    }
+}
+
+fn spawn(
+    arbiter: &ArbiterHandle,
+    config: &Arc<Config>,
+    deployment: usize,
+    clock: &Clock,
+    metrics: &Arc<Metrics>,
+    in_flight: &Arc<AtomicU32>,
+) -> Addr<DeploymentActor> {
+    let dep = config.deployments[deployment].clone();
+    let (config, clock, metrics, in_flight) = (
+        config.clone(),
+        clock.clone(),
+        metrics.clone(),
+        in_flight.clone(),
+    );
+    Supervisor::start_in_arbiter(arbiter, move |_| {
+        DeploymentActor::new(dep, config, clock, metrics, in_flight)
+    })
+}

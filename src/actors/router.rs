@@ -1,0 +1,759 @@
+//! `RouterActor`: one per HTTP worker thread, on that worker's arbiter, so every core routes and
+//! the upstream call uses the worker's own `awc::Client`. For each `Route` message it runs the
+//! plan:
+//!
+//! 1. resolve the model group (404 if none serves the model);
+//! 2. ask the group's deployment actors for bids, order the available ones with the group's
+//!    strategy (a pure function in `policy::scoring`);
+//! 3. reserve a permit on the first, call the upstream, report the outcome;
+//! 4. on failure, per the error class: another deployment of the group at once; the same one
+//!    again only after backoff or Retry-After, if the wait fits `max_retry_wait` and the deadline
+//!    and retries remain; then the fallback groups in order (one pass each, no waiting);
+//! 5. streams commit at the first meaningful upstream event: everything before is retried
+//!    invisibly, everything after is the pump's (`upstream::pump`), which ends a failed stream
+//!    with an error event.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::deployment::{
+    rate_limit_cooldown, DeploymentActor, GetBid, Grant, Outcome, ReportOutcome, Reserve,
+};
+use super::registry::Registry;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{ErrorClass, GatewayError, UpstreamError};
+use crate::metrics::{Metrics, OUTCOME_CANCELLED, OUTCOME_SUCCESS};
+use crate::policy::backoff::full_jitter;
+use crate::policy::breaker::ProbeTicket;
+use crate::policy::scoring::{Bid, Decline};
+use crate::providers::oai::Usage;
+use crate::providers::request::ChatBody;
+use crate::providers::{self, TranslateError};
+use crate::upstream::{self, StreamEnd, Target};
+
+/// Router mailbox bound; a `Route` is handled by spawning its plan, so the mailbox drains fast.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
+/// Route one chat completion request.
+#[derive(Message)]
+#[rtype(result = "Result<Routed, RouteError>")]
+pub struct Route {
+    pub body: ChatBody,
+    pub request_id: Arc<str>,
+    /// When the handler had the whole body (real time), for overhead accounting.
+    pub received: Instant,
+}
+
+/// A request that was served (or, for a stream, committed).
+#[derive(Debug)]
+pub struct Routed {
+    /// The model group the client asked for.
+    pub group: usize,
+    /// The deployment that served.
+    pub deployment: usize,
+    pub attempts: u32,
+    /// Time spent waiting on upstreams and retry waits; the rest is gateway overhead.
+    pub upstream_wait: Duration,
+    pub body: RoutedBody,
+}
+
+#[derive(Debug)]
+pub enum RoutedBody {
+    Json {
+        body: Bytes,
+        usage: Usage,
+        /// Pico-dollars.
+        cost: u64,
+    },
+    /// Send `prelude`, then everything from `rx` until it closes.
+    Stream {
+        prelude: Bytes,
+        rx: mpsc::Receiver<Bytes>,
+    },
+}
+
+#[derive(Debug)]
+pub struct RouteError {
+    pub error: GatewayError,
+    pub group: Option<usize>,
+    pub attempts: u32,
+    pub upstream_wait: Duration,
+}
+
+pub struct RouterActor {
+    core: Rc<RouterCore>,
+}
+
+/// Everything a plan needs; shared by the plans running concurrently on this worker.
+pub struct RouterCore {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub targets: Arc<[Target]>,
+    pub client: awc::Client,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+impl RouterActor {
+    pub fn new(core: RouterCore) -> Self {
+        RouterActor {
+            core: Rc::new(core),
+        }
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Handler<Route> for RouterActor {
+    type Result = ResponseFuture<Result<Routed, RouteError>>;
+
+    fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move { core.route(msg).await })
+    }
+}
+
+/// A reserved slot on one deployment. Reports exactly one outcome: explicitly, or `Cancelled`
+/// when dropped unreported (the client went away mid-attempt).
+struct Permit {
+    deployment: usize,
+    addr: Arc<Addr<DeploymentActor>>,
+    probe: Option<ProbeTicket>,
+    in_flight: Arc<AtomicU32>,
+    metrics: Arc<Metrics>,
+    reported: bool,
+}
+
+impl Permit {
+    fn report(
+        &mut self,
+        outcome: Outcome,
+        latency: Duration,
+        ttft: Option<Duration>,
+        retry_after: Option<Duration>,
+    ) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
+        let m = &self.metrics.deployments[self.deployment];
+        let slot = match outcome {
+            Outcome::Success => OUTCOME_SUCCESS,
+            Outcome::Failure(class) => class.index(),
+            Outcome::Cancelled => OUTCOME_CANCELLED,
+        };
+        m.attempts[slot].increment(1);
+        let msg = ReportOutcome {
+            outcome,
+            probe: self.probe,
+            latency,
+            ttft,
+            retry_after,
+        };
+        match self.addr.try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => m.outcomes_dropped.increment(1),
+            // The actor is gone; the registry respawns it on the next message.
+            Err(SendError::Closed(_)) => m.actor_closed.increment(1),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.report(Outcome::Cancelled, Duration::ZERO, None, None);
+        // INVARIANT: `Reserve` incremented these exactly once for this permit.
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.deployments[self.deployment]
+            .in_flight
+            .decrement(1.0);
+    }
+}
+
+/// What the plan has learned so far, for the final error if nothing serves.
+#[derive(Default)]
+struct PlanState {
+    attempts: u32,
+    upstream_wait: Duration,
+    last_error: Option<(usize, UpstreamError)>,
+    /// Every failure and decline so far was a rate limit (ours or the upstream's).
+    only_rate_limits: bool,
+    /// Earliest moment a rate-limited deployment takes requests again.
+    retry_at: Option<Instant>,
+    declines: Vec<(usize, &'static str)>,
+    translate_error: Option<TranslateError>,
+    deadline_hit: bool,
+}
+
+impl PlanState {
+    fn note_retry_at(&mut self, at: Instant) {
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    }
+
+    fn note_decline(&mut self, dep: usize, d: &Decline) {
+        if d.is_rate_limit() {
+            if let Some(until) = d.until() {
+                self.note_retry_at(until);
+            }
+        } else {
+            self.only_rate_limits = false;
+        }
+        self.declines.push((dep, d.as_str()));
+    }
+}
+
+enum GroupEnd {
+    Served(Routed),
+    /// A client error: stop the whole plan.
+    Stop(GatewayError),
+    /// Nothing in this group served; go on with the next.
+    Exhausted,
+}
+
+impl RouterCore {
+    async fn route(self: Rc<Self>, msg: Route) -> Result<Routed, RouteError> {
+        let Some(group) = self.config.group_by_name(&msg.body.model) else {
+            return Err(RouteError {
+                error: GatewayError::ModelNotFound(msg.body.model.to_string()),
+                group: None,
+                attempts: 0,
+                upstream_wait: Duration::ZERO,
+            });
+        };
+        let requested = group.index;
+        let deadline = self.clock.now() + self.config.router.timeout;
+        let mut st = PlanState {
+            only_rate_limits: true,
+            ..PlanState::default()
+        };
+        let chain: Vec<usize> = std::iter::once(requested)
+            .chain(group.fallbacks.iter().copied())
+            .collect();
+        for (pos, &g) in chain.iter().enumerate() {
+            if pos > 0 {
+                self.metrics.fallbacks[requested][pos - 1].increment(1);
+                tracing::debug!(request_id = %msg.request_id, from = %self.config.groups[requested].name, to = %self.config.groups[g].name, "falling back");
+            }
+            match self
+                .run_group(requested, g, pos == 0, &msg, deadline, &mut st)
+                .await
+            {
+                GroupEnd::Served(routed) => return Ok(routed),
+                GroupEnd::Stop(error) => {
+                    return Err(RouteError {
+                        error,
+                        group: Some(requested),
+                        attempts: st.attempts,
+                        upstream_wait: st.upstream_wait,
+                    })
+                }
+                GroupEnd::Exhausted => {}
+            }
+            if st.deadline_hit {
+                break;
+            }
+        }
+        Err(RouteError {
+            error: self.final_error(requested, &st),
+            group: Some(requested),
+            attempts: st.attempts,
+            upstream_wait: st.upstream_wait,
+        })
+    }
+
+    /// Tries one model group. `primary` groups may wait and retry the same deployment;
+    /// fallback groups get one pass over their available deployments.
+    async fn run_group(
+        &self,
+        requested: usize,
+        g: usize,
+        primary: bool,
+        msg: &Route,
+        deadline: Instant,
+        st: &mut PlanState,
+    ) -> GroupEnd {
+        let deployments = &self.config.groups[g].deployments;
+        let max_attempts = 1 + self.config.router.num_retries;
+        let mut attempts_here = 0u32;
+        // Deployments that failed in this request, and when each may be tried again (if ever).
+        let mut failed: Vec<(usize, Option<Instant>)> = Vec::new();
+        loop {
+            if attempts_here >= max_attempts {
+                return GroupEnd::Exhausted;
+            }
+            if self.clock.now() >= deadline {
+                st.deadline_hit = true;
+                return GroupEnd::Exhausted;
+            }
+            let bids = self.collect_bids(deployments).await;
+            let mut candidates: Vec<Bid> = Vec::with_capacity(bids.len());
+            for b in bids {
+                if failed.iter().any(|(d, _)| *d == b.deployment) {
+                    continue;
+                }
+                match &b.decline {
+                    Some(d) => st.note_decline(b.deployment, d),
+                    None => candidates.push(b),
+                }
+            }
+            let order = self
+                .config
+                .router
+                .strategy
+                .order(&candidates, &mut || fastrand::f64());
+
+            let mut attempted = false;
+            for dep in order {
+                let body = match providers::build_body(&self.config.deployments[dep], &msg.body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // This provider cannot express the request; others may.
+                        st.only_rate_limits = false;
+                        st.translate_error.get_or_insert(e);
+                        failed.push((dep, None));
+                        continue;
+                    }
+                };
+                let permit = match self.reserve(dep).await {
+                    Ok(p) => p,
+                    Err(d) => {
+                        st.note_decline(dep, &d);
+                        continue;
+                    }
+                };
+                attempts_here += 1;
+                st.attempts += 1;
+                if attempts_here > 1 {
+                    self.metrics.retries[g].increment(1);
+                }
+                attempted = true;
+                let result = if msg.body.facts.stream {
+                    self.attempt_stream(requested, dep, permit, body, msg, deadline, st)
+                        .await
+                } else {
+                    self.attempt_json(requested, dep, permit, body, deadline, st)
+                        .await
+                };
+                let e = match result {
+                    Ok(routed) => return GroupEnd::Served(routed),
+                    Err(e) => e,
+                };
+                tracing::debug!(
+                    request_id = %msg.request_id,
+                    deployment = %self.config.deployments[dep].id,
+                    class = e.class.as_str(),
+                    status = e.status,
+                    "attempt failed"
+                );
+                let class = e.class;
+                let retry_after = e.retry_after;
+                if class != ErrorClass::RateLimited {
+                    st.only_rate_limits = false;
+                }
+                st.last_error = Some((dep, e));
+                if !class.moves_on() {
+                    return GroupEnd::Stop(self.client_error(st));
+                }
+                if class.skips_rest_of_group() {
+                    return GroupEnd::Exhausted;
+                }
+                let now = self.clock.now();
+                let again = class.retry_same_deployment().then(|| {
+                    if class == ErrorClass::RateLimited {
+                        let at = now
+                            + rate_limit_cooldown(
+                                retry_after,
+                                self.config.router.rate_limit_cooldown,
+                            );
+                        st.note_retry_at(at);
+                        at
+                    } else {
+                        now + full_jitter(
+                            attempts_here - 1,
+                            self.config.router.backoff_base,
+                            self.config.router.backoff_max,
+                            fastrand::f64(),
+                        )
+                    }
+                });
+                failed.push((dep, again));
+                break;
+            }
+            if attempted {
+                continue;
+            }
+            // Nothing could be tried right now. The primary group may wait for a deployment
+            // that failed retryably, if the wait is short enough.
+            if !primary {
+                return GroupEnd::Exhausted;
+            }
+            let Some((dep, at)) = failed
+                .iter()
+                .filter_map(|&(d, at)| at.map(|at| (d, at)))
+                .min_by_key(|&(_, at)| at)
+            else {
+                return GroupEnd::Exhausted;
+            };
+            let now = self.clock.now();
+            let wait = at.saturating_duration_since(now);
+            if wait > self.config.router.max_retry_wait || at >= deadline {
+                return GroupEnd::Exhausted;
+            }
+            let waited_from = Instant::now();
+            self.clock.sleep_until(at).await;
+            st.upstream_wait += waited_from.elapsed();
+            failed.retain(|&(d, _)| d != dep);
+        }
+    }
+
+    /// The error to return when the upstream refused the request as the client's fault.
+    fn client_error(&self, st: &PlanState) -> GatewayError {
+        match &st.last_error {
+            Some((_, e)) => GatewayError::UpstreamRejected(e.clone()),
+            None => GatewayError::Internal("client error without an upstream error".to_owned()),
+        }
+    }
+
+    fn final_error(&self, group: usize, st: &PlanState) -> GatewayError {
+        let model = &self.config.groups[group].name;
+        if st.deadline_hit {
+            return GatewayError::DeadlineExceeded {
+                message: format!(
+                    "the request deadline of {} s passed after {} attempts",
+                    self.config.router.timeout.as_secs_f64(),
+                    st.attempts
+                ),
+            };
+        }
+        let has_rate_limit = st
+            .last_error
+            .as_ref()
+            .is_some_and(|(_, e)| e.class == ErrorClass::RateLimited)
+            || st.retry_at.is_some();
+        if st.only_rate_limits && has_rate_limit {
+            let now = self.clock.now();
+            let retry_after = st
+                .retry_at
+                .map(|at| at.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_secs(1));
+            return GatewayError::RateLimited {
+                message: format!("every deployment serving `{model}` is rate limited; retry later"),
+                retry_after,
+            };
+        }
+        match &st.last_error {
+            Some((_, e)) if e.class == ErrorClass::ContextWindow => {
+                GatewayError::UpstreamRejected(e.clone())
+            }
+            Some((dep, e)) if e.class == ErrorClass::Timeout => GatewayError::DeadlineExceeded {
+                message: format!(
+                    "{} attempt(s) failed; the last, on deployment {}, timed out: {}",
+                    st.attempts, self.config.deployments[*dep].id, e.message
+                ),
+            },
+            Some((dep, e)) => GatewayError::UpstreamFailed {
+                message: format!(
+                    "{} attempt(s) failed; the last, on deployment {}: {e}",
+                    st.attempts, self.config.deployments[*dep].id
+                ),
+            },
+            None => match &st.translate_error {
+                Some(t) => GatewayError::BadRequest {
+                    message: format!("no deployment serving `{model}` can take this request: {t}"),
+                    param: (!t.param.is_empty()).then(|| t.param.clone()),
+                    code: Some("unsupported_parameter".to_owned()),
+                },
+                None => {
+                    let mut reasons: Vec<String> = st
+                        .declines
+                        .iter()
+                        .map(|(d, r)| format!("{}: {r}", self.config.deployments[*d].id))
+                        .collect();
+                    reasons.dedup();
+                    GatewayError::Unavailable {
+                        message: format!(
+                            "no deployment is available for `{model}` ({})",
+                            reasons.join(", ")
+                        ),
+                    }
+                }
+            },
+        }
+    }
+
+    /// Asks every deployment of a group for a bid, concurrently.
+    async fn collect_bids(&self, deployments: &[usize]) -> Vec<Bid> {
+        let timeout = self.config.router.mailbox_timeout;
+        let asks = deployments.iter().map(|&d| {
+            let addr = self.registry.addr(d);
+            async move { (d, addr.send(GetBid).timeout(timeout).await) }
+        });
+        join_all(asks)
+            .await
+            .into_iter()
+            .map(|(d, r)| match r {
+                Ok(bid) => bid,
+                Err(e) => {
+                    self.mailbox_failed(d, e);
+                    Bid {
+                        deployment: d,
+                        decline: Some(Decline::Unavailable),
+                        weight: self.config.deployments[d].weight,
+                        in_flight: 0,
+                        latency_us: None,
+                        ttft_us: None,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn mailbox_failed(&self, d: usize, e: MailboxError) {
+        let m = &self.metrics.deployments[d];
+        match e {
+            MailboxError::Closed => {
+                m.actor_closed.increment(1);
+                self.registry.respawn(d);
+            }
+            MailboxError::Timeout => m.actor_timeouts.increment(1),
+        }
+    }
+
+    async fn reserve(&self, dep: usize) -> Result<Permit, Decline> {
+        let addr = self.registry.addr(dep);
+        match addr
+            .send(Reserve)
+            .timeout(self.config.router.mailbox_timeout)
+            .await
+        {
+            Ok(Ok(Grant { probe })) => Ok(Permit {
+                deployment: dep,
+                addr,
+                probe,
+                in_flight: self.registry.in_flight(dep).clone(),
+                metrics: self.metrics.clone(),
+                reported: false,
+            }),
+            Ok(Err(d)) => Err(d),
+            Err(e) => {
+                self.mailbox_failed(dep, e);
+                Err(Decline::Unavailable)
+            }
+        }
+    }
+
+    /// Real-time deadline for I/O: the attempt's own limit, inside the overall deadline.
+    fn io_deadline(&self, deadline: Instant, limit: Duration) -> Instant {
+        let remaining = deadline.saturating_duration_since(self.clock.now());
+        Instant::now() + remaining.min(limit)
+    }
+
+    async fn attempt_json(
+        &self,
+        requested: usize,
+        dep: usize,
+        mut permit: Permit,
+        body: Bytes,
+        deadline: Instant,
+        st: &mut PlanState,
+    ) -> Result<Routed, UpstreamError> {
+        let io_deadline = self.io_deadline(deadline, self.config.router.per_try_timeout);
+        let started = Instant::now();
+        let result = upstream::call_json(
+            &self.client,
+            &self.targets[dep],
+            body,
+            io_deadline,
+            self.config.router.max_response_bytes,
+        )
+        .await;
+        let latency = started.elapsed();
+        st.upstream_wait += latency;
+        match result {
+            Ok(answer) => {
+                permit.report(Outcome::Success, latency, None, None);
+                let m = &self.metrics.deployments[dep];
+                m.latency.record(latency.as_secs_f64());
+                let cost = self.bill(dep, &answer.usage);
+                Ok(Routed {
+                    group: requested,
+                    deployment: dep,
+                    attempts: st.attempts,
+                    upstream_wait: st.upstream_wait,
+                    body: RoutedBody::Json {
+                        body: answer.body,
+                        usage: answer.usage,
+                        cost,
+                    },
+                })
+            }
+            Err(e) => {
+                permit.report(Outcome::Failure(e.class), latency, None, e.retry_after);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_stream(
+        &self,
+        requested: usize,
+        dep: usize,
+        mut permit: Permit,
+        body: Bytes,
+        msg: &Route,
+        deadline: Instant,
+        st: &mut PlanState,
+    ) -> Result<Routed, UpstreamError> {
+        let r = &self.config.router;
+        let first_token = self.io_deadline(deadline, r.first_token_timeout.min(r.per_try_timeout));
+        let started = Instant::now();
+        let opened = upstream::open_stream(
+            &self.client,
+            &self.targets[dep],
+            body,
+            first_token,
+            msg.body.facts.include_usage,
+        )
+        .await;
+        st.upstream_wait += started.elapsed();
+        let open = match opened {
+            Ok(open) => open,
+            Err(e) => {
+                permit.report(
+                    Outcome::Failure(e.class),
+                    started.elapsed(),
+                    None,
+                    e.retry_after,
+                );
+                return Err(e);
+            }
+        };
+        let ttft = open.first_token_at.saturating_duration_since(started);
+        let prelude = open.prelude.clone();
+        let (tx, rx) = mpsc::channel(r.stream_buffer_chunks);
+        let overhead = msg.received.elapsed().saturating_sub(st.upstream_wait);
+        let log = StreamLog {
+            request_id: msg.request_id.clone(),
+            model: msg.body.model.clone(),
+            group: self.config.groups[requested].name.clone(),
+            deployment: self.config.deployments[dep].id.clone(),
+            attempts: st.attempts,
+            overhead,
+            received: msg.received,
+        };
+        let metrics = self.metrics.clone();
+        let config = self.config.clone();
+        let idle = r.stream_idle_timeout;
+        let stream_deadline = self.io_deadline(deadline, Duration::MAX);
+        actix_web::rt::spawn(async move {
+            let result = upstream::pump(open, tx, idle, stream_deadline).await;
+            let latency = started.elapsed();
+            let m = &metrics.deployments[dep];
+            if result.invalid_events > 0 {
+                m.invalid_events.increment(u64::from(result.invalid_events));
+            }
+            let cost = bill(&config, &metrics, dep, &result.usage);
+            match &result.end {
+                StreamEnd::Complete => {
+                    permit.report(Outcome::Success, latency, Some(ttft), None);
+                    m.latency.record(latency.as_secs_f64());
+                    m.ttft.record(ttft.as_secs_f64());
+                }
+                StreamEnd::Failed(e) => permit.report(
+                    Outcome::Failure(e.class),
+                    latency,
+                    Some(ttft),
+                    e.retry_after,
+                ),
+                StreamEnd::Cancelled => {
+                    permit.report(Outcome::Cancelled, latency, Some(ttft), None)
+                }
+            }
+            drop(permit);
+            if config.log.requests {
+                log.emit(&result.end, &result.usage, cost);
+            }
+        });
+        Ok(Routed {
+            group: requested,
+            deployment: dep,
+            attempts: st.attempts,
+            upstream_wait: st.upstream_wait,
+            body: RoutedBody::Stream { prelude, rx },
+        })
+    }
+
+    fn bill(&self, dep: usize, usage: &Usage) -> u64 {
+        bill(&self.config, &self.metrics, dep, usage)
+    }
+}
+
+/// Records tokens and spend for one served attempt; returns the cost in pico-dollars.
+fn bill(config: &Config, metrics: &Metrics, dep: usize, usage: &Usage) -> u64 {
+    let m = &metrics.deployments[dep];
+    m.tokens_in.increment(usage.prompt_tokens);
+    m.tokens_out.increment(usage.completion_tokens);
+    let cost = config.deployments[dep].prices.cost(
+        usage.prompt_tokens,
+        usage.cached_tokens,
+        usage.completion_tokens,
+    );
+    m.cost_nanodollars.increment(cost / 1000);
+    cost
+}
+
+/// The request log line of a committed stream, written when the stream ends.
+struct StreamLog {
+    request_id: Arc<str>,
+    model: Box<str>,
+    group: Arc<str>,
+    deployment: Arc<str>,
+    attempts: u32,
+    overhead: Duration,
+    received: Instant,
+}
+
+impl StreamLog {
+    fn emit(&self, end: &StreamEnd, usage: &Usage, cost: u64) {
+        let (outcome, error) = match end {
+            StreamEnd::Complete => ("complete", None),
+            StreamEnd::Failed(e) => ("failed", Some(e.to_string())),
+            StreamEnd::Cancelled => ("cancelled", None),
+        };
+        tracing::info!(
+            target: "switchyard::request",
+            request_id = %self.request_id,
+            model = %self.model,
+            model_group = %self.group,
+            deployment = %self.deployment,
+            status = 200u16,
+            stream = true,
+            stream_outcome = outcome,
+            error = error.as_deref(),
+            attempts = self.attempts,
+            duration_ms = self.received.elapsed().as_secs_f64() * 1000.0,
+            overhead_ms = self.overhead.as_secs_f64() * 1000.0,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            cost_usd = cost as f64 / 1e12,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! HTTP surface. Handlers are thin: read the body within its limits, authenticate, parse, send one
+//! `Route` message to this worker's router, write what comes back. The request pipeline, in order:
+//!
+//! 1. `x-request-id`: taken from the client if sane, else minted; echoed on every response.
+//! 2. Auth: when `server.master_key` is set, `Authorization: Bearer <key>` (or `x-api-key`) must
+//!    match (constant time). The client's credentials are never forwarded upstream.
+//! 3. Body: `Content-Length` over `server.max_body_bytes` is refused before reading; the body is
+//!    read under `server.body_read_timeout_ms` and the same size limit.
+//! 4. Parse and validate (`providers::request`): 400 naming the field on any problem.
+//! 5. `Route` to the worker's `RouterActor`; the reply is a complete body or a committed stream.
+//! 6. Response headers say which deployment served, after how many attempts, at what cost, and
+//!    the gateway's own overhead (upstream time excluded); one log line per request.
+
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt};
+use serde::Serialize;
+use tokio::time::{timeout_at, Instant};
+
+use crate::actors::deployment::{GetSnapshot, Snapshot};
+use crate::actors::registry::Registry;
+use crate::actors::router::{Route, RouteError, Routed, RoutedBody, RouterActor};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::providers::request::ChatBody;
+use error::error_response;
+
+pub const HEADER_DEPLOYMENT: &str = "x-switchyard-deployment";
+pub const HEADER_MODEL_GROUP: &str = "x-switchyard-model-group";
+pub const HEADER_ATTEMPTS: &str = "x-switchyard-attempts";
+pub const HEADER_OVERHEAD: &str = "x-switchyard-overhead-ms";
+pub const HEADER_COST: &str = "x-switchyard-cost-usd";
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+
+/// Shared by every worker.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    /// `GET /v1/models`, rendered once.
+    pub models_body: Bytes,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
+        #[derive(Serialize)]
+        struct Model<'a> {
+            id: &'a str,
+            object: &'static str,
+            created: u64,
+            owned_by: &'static str,
+        }
+        #[derive(Serialize)]
+        struct List<'a> {
+            object: &'static str,
+            data: Vec<Model<'a>>,
+        }
+        let created = crate::providers::oai::unix_now();
+        let list = List {
+            object: "list",
+            data: config
+                .groups
+                .iter()
+                .map(|g| Model {
+                    id: &g.name,
+                    object: "model",
+                    created,
+                    owned_by: "switchyard",
+                })
+                .collect(),
+        };
+        let models_body = serde_json::to_vec(&list)
+            .map(Bytes::from)
+            .unwrap_or_default();
+        AppState {
+            config,
+            metrics,
+            registry,
+            models_body,
+        }
+    }
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(chat_completions))
+        .route("/chat/completions", web::post().to(chat_completions))
+        .route("/v1/models", web::get().to(models))
+        .route("/models", web::get().to(models))
+        .route("/health", web::get().to(health))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Anything else: an OpenAI-style 404.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let err = GatewayError::BadRequest {
+        message: format!("no route for {} {}", req.method(), req.path()),
+        param: None,
+        code: Some("unknown_url".to_owned()),
+    };
+    let mut resp = error_response(&err, None);
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp
+}
+
+fn request_id(req: &HttpRequest) -> Arc<str> {
+    let given = req
+        .headers()
+        .get(HEADER_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    match given {
+        Some(id) => Arc::from(id),
+        None => Arc::from(format!("req_{:016x}", fastrand::u64(..)).as_str()),
+    }
+}
+
+fn authorized(req: &HttpRequest, config: &Config) -> bool {
+    let Some(key) = &config.server.master_key else {
+        return true;
+    };
+    let h = req.headers();
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let x_api_key = h.get("x-api-key").map(HeaderValue::as_bytes);
+    bearer.or(x_api_key).is_some_and(|k| key.matches(k))
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let deadline = Instant::now() + timeout;
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    loop {
+        let chunk = match timeout_at(deadline, payload.next()).await {
+            Err(_) => return Err(GatewayError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::bad_request(
+                    format!("could not read the request body: {e}"),
+                    None,
+                ))
+            }
+            Ok(Some(Ok(c))) => c,
+        };
+        let so_far = buf.as_ref().map_or(0, |b| b.len()) + first.as_ref().map_or(0, |b| b.len());
+        if so_far + chunk.len() > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        // The common case is one chunk: keep it without copying.
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(declared.map_or(f.len() * 2, |n| n as usize));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                first = None;
+                buf = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// What one request's log line says.
+struct Outcome<'a> {
+    request_id: &'a str,
+    model: Option<&'a str>,
+    group: Option<usize>,
+    deployment: Option<usize>,
+    status: u16,
+    attempts: u32,
+    overhead: Duration,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost: u64,
+    error: Option<&'a GatewayError>,
+}
+
+fn log_request(config: &Config, started: Instant, o: Outcome<'_>) {
+    if !config.log.requests {
+        return;
+    }
+    let group = o.group.map(|g| &*config.groups[g].name);
+    let deployment = o.deployment.map(|d| &*config.deployments[d].id);
+    tracing::info!(
+        target: "switchyard::request",
+        request_id = o.request_id,
+        model = o.model,
+        model_group = group,
+        deployment = deployment,
+        status = o.status,
+        stream = false,
+        attempts = o.attempts,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        overhead_ms = o.overhead.as_secs_f64() * 1000.0,
+        prompt_tokens = o.prompt_tokens,
+        completion_tokens = o.completion_tokens,
+        cost_usd = o.cost as f64 / 1e12,
+        error_type = o.error.map(|e| e.error_type()),
+        error = o.error.map(|e| e.to_string()).as_deref(),
+        "request"
+    );
+}
+
+fn overhead_ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// Pico-dollars as a decimal dollar amount.
+fn usd(pico: u64) -> String {
+    let whole = pico / 1_000_000_000_000;
+    let frac = pico % 1_000_000_000_000;
+    let s = format!("{whole}.{frac:012}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.')
+        .map_or_else(|| s.to_owned(), |w| format!("{w}.0"))
+}
+
+pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<RouterActor>>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let config = &state.config;
+    let rid = request_id(&req);
+    let fail = |err: GatewayError, model: Option<&str>, group, attempts, overhead| {
+        let status = err.status();
+        state.metrics.request(group, None, status);
+        log_request(
+            config,
+            started,
+            Outcome {
+                request_id: &rid,
+                model,
+                group,
+                deployment: None,
+                status,
+                attempts,
+                overhead,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost: 0,
+                error: Some(&err),
+            },
+        );
+        let mut resp = error_response(&err, Some(&rid));
+        if attempts > 0 {
+            resp.headers_mut().insert(
+                header::HeaderName::from_static(HEADER_ATTEMPTS),
+                HeaderValue::from(attempts),
+            );
+        }
+        resp
+    };
+
+    if !authorized(&req, config) {
+        return fail(GatewayError::Unauthorized, None, None, 0, Duration::ZERO);
+    }
+    let bytes = match read_body(
+        &req,
+        payload,
+        config.server.max_body_bytes,
+        config.server.body_read_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return fail(e, None, None, 0, Duration::ZERO),
+    };
+    let received = Instant::now();
+    let body = match ChatBody::parse(bytes) {
+        Ok(b) => b,
+        Err(e) => return fail(e, None, None, 0, received.elapsed()),
+    };
+    let model = body.model.clone();
+    let routed = router
+        .send(Route {
+            body,
+            request_id: rid.clone(),
+            received,
+        })
+        .await;
+    let routed: Routed = match routed {
+        Ok(Ok(r)) => r,
+        Ok(Err(RouteError {
+            error,
+            group,
+            attempts,
+            upstream_wait,
+        })) => {
+            let overhead = received.elapsed().saturating_sub(upstream_wait);
+            state.metrics.overhead.record(overhead.as_secs_f64());
+            return fail(error, Some(&model), group, attempts, overhead);
+        }
+        Err(e) => {
+            return fail(
+                GatewayError::Internal(format!("router unavailable: {e}")),
+                Some(&model),
+                None,
+                0,
+                Duration::ZERO,
+            )
+        }
+    };
+
+    let overhead = received.elapsed().saturating_sub(routed.upstream_wait);
+    state.metrics.overhead.record(overhead.as_secs_f64());
+    state
+        .metrics
+        .request(Some(routed.group), Some(routed.deployment), 200);
+    let dep = &config.deployments[routed.deployment];
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header((HEADER_REQUEST_ID, &*rid))
+        .insert_header((HEADER_DEPLOYMENT, &*dep.id))
+        .insert_header((HEADER_MODEL_GROUP, &*config.groups[dep.group].name))
+        .insert_header((HEADER_ATTEMPTS, routed.attempts))
+        .insert_header((HEADER_OVERHEAD, overhead_ms(overhead)));
+    match routed.body {
+        RoutedBody::Json { body, usage, cost } => {
+            log_request(
+                config,
+                started,
+                Outcome {
+                    request_id: &rid,
+                    model: Some(&model),
+                    group: Some(routed.group),
+                    deployment: Some(routed.deployment),
+                    status: 200,
+                    attempts: routed.attempts,
+                    overhead,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cost,
+                    error: None,
+                },
+            );
+            resp.insert_header((HEADER_COST, usd(cost)))
+                .content_type("application/json")
+                .body(body)
+        }
+        RoutedBody::Stream { prelude, rx } => {
+            // The stream's log line is written by the pump when it ends.
+            let rest = stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+            });
+            let body = stream::once(async move { Ok::<_, actix_web::Error>(prelude) }).chain(rest);
+            resp.content_type("text/event-stream")
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .streaming(body)
+        }
+    }
+}
+
+pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state.config) {
+        return error_response(&GatewayError::Unauthorized, None);
+    }
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.models_body.clone())
+}
+
+/// Liveness: the process serves HTTP. Never calls an upstream or an actor.
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    status: &'static str,
+    model_groups: Vec<GroupReadiness<'a>>,
+    deployments: Vec<Snapshot>,
+}
+
+#[derive(Serialize)]
+struct GroupReadiness<'a> {
+    name: &'a str,
+    ready: bool,
+    available: usize,
+    deployments: Vec<&'a str>,
+}
+
+/// Readiness: every model group has at least one deployment that would take a request now.
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let config = &state.config;
+    let timeout = config.router.mailbox_timeout;
+    let asks = config.deployments.iter().map(|d| {
+        let addr = state.registry.addr(d.index);
+        async move { addr.send(GetSnapshot).timeout(timeout).await }
+    });
+    let snapshots: Vec<Snapshot> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .zip(config.deployments.iter())
+        .map(|(r, d)| match r {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, actix::MailboxError::Closed) {
+                    state.registry.respawn(d.index);
+                }
+                Snapshot::unavailable(d)
+            }
+        })
+        .collect();
+    let groups: Vec<GroupReadiness> = config
+        .groups
+        .iter()
+        .map(|g| {
+            let available = g
+                .deployments
+                .iter()
+                .filter(|&&d| snapshots[d].available)
+                .count();
+            GroupReadiness {
+                name: &g.name,
+                ready: available > 0,
+                available,
+                deployments: g
+                    .deployments
+                    .iter()
+                    .map(|&d| &*config.deployments[d].id)
+                    .collect(),
+            }
+        })
+        .collect();
+    let all_ready = groups.iter().all(|g| g.ready);
+    let body = Readiness {
+        status: if all_ready { "ready" } else { "not_ready" },
+        model_groups: groups,
+        deployments: snapshots,
+    };
+    let status = if all_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(body)
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_formats_pico_dollars() {
+        assert_eq!(usd(0), "0.0");
+        assert_eq!(usd(3_500_000_000), "0.0035");
+        assert_eq!(usd(1_250_000_000_000), "1.25");
+        assert_eq!(usd(2_000_000_000_000), "2.0");
+    }
+}

@@ -1,0 +1,243 @@
+//! The commit rule for streams. Before the first meaningful upstream event, any failure is
+//! retried or falls back invisibly; after it, a failure ends the stream with an error event and
+//! no `[DONE]`, and counts against the deployment.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+/// `first` (primary, weight 1000, tried first) and `second`, both OpenAI-kind.
+fn two_deployments(mock: &MockUpstream, first_kind: &str) -> String {
+    let first_base = if first_kind == "anthropic" {
+        anthropic_base(mock, "first")
+    } else {
+        openai_base(mock, "first")
+    };
+    format!(
+        "{}{}{}",
+        settings("num_retries = 1", ""),
+        deployment("first", "m", first_kind, &first_base, "weight = 1000000"),
+        deployment(
+            "second",
+            "m",
+            "openai",
+            &openai_base(mock, "second"),
+            "weight = 1"
+        ),
+    )
+}
+
+async fn assert_invisible_retry(fault: Behavior, kind: &str) {
+    let mock = mock().await;
+    mock.push_behaviors("first", [fault.clone()]);
+    mock.set_behavior("first", fault);
+    mock.set_behavior("second", Behavior::text("Clean answer.").with_chunks(3));
+    let gw = start_gateway(&two_deployments(&mock, kind));
+    let s = chat_stream(&gw, &stream_request("m", true)).await;
+    assert_openai_stream(&s, true);
+    assert_eq!(
+        s.content(),
+        "Clean answer.",
+        "nothing of the failed attempt reached the client"
+    );
+    assert_eq!(s.header("x-switchyard-deployment"), Some("second"));
+    assert_eq!(s.header("x-switchyard-attempts"), Some("2"));
+    assert!(mock.request_count("first") >= 1);
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_500_before_the_first_token_is_retried_invisibly() {
+    assert_invisible_retry(Behavior::error(ErrorPreset::ServerError), "openai").await;
+}
+
+#[actix_web::test]
+async fn an_anthropic_529_before_the_first_token_is_retried_invisibly() {
+    assert_invisible_retry(Behavior::error(ErrorPreset::Overloaded), "anthropic").await;
+}
+
+#[actix_web::test]
+async fn an_in_band_error_before_content_is_retried_invisibly() {
+    assert_invisible_retry(
+        Behavior::text("x").with_fault(Fault::InBandErrorBeforeContent),
+        "anthropic",
+    )
+    .await;
+    assert_invisible_retry(
+        Behavior::text("x").with_fault(Fault::InBandErrorBeforeContent),
+        "openai",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_stream_cut_before_any_content_is_retried_invisibly() {
+    assert_invisible_retry(
+        Behavior::text("lost").with_fault(Fault::CutStream { after_chunks: 0 }),
+        "openai",
+    )
+    .await;
+    assert_invisible_retry(
+        Behavior::text("lost").with_fault(Fault::ResetMidBody { after_chunks: 0 }),
+        "anthropic",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_silent_upstream_falls_back_after_the_first_token_timeout() {
+    assert_invisible_retry(Behavior::text("never").with_fault(Fault::Hang), "openai").await;
+    assert_invisible_retry(
+        Behavior::text("never").with_fault(Fault::StallAfter { after_chunks: 0 }),
+        "openai",
+    )
+    .await;
+}
+
+async fn assert_committed_failure(fault: Behavior, kind: &str) {
+    let mock = mock().await;
+    mock.set_behavior("first", fault.with_chunks(4));
+    let gw = start_gateway(&two_deployments(&mock, kind));
+    let s = chat_stream(&gw, &stream_request("m", true)).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("x-switchyard-deployment"), Some("first"));
+    assert!(
+        !s.content().is_empty(),
+        "the committed content reached the client"
+    );
+    assert!(!s.ends_with_done(), "never a fake [DONE]: {}", s.raw);
+    assert!(!s.events.contains(&Sse::Done));
+    let err = s.error_event().expect("an error event ends the stream");
+    assert!(err["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(err["error"]["type"], "server_error");
+    assert!(
+        matches!(s.events.last(), Some(Sse::Json(v)) if v.get("error").is_some()),
+        "the error is last"
+    );
+    assert_eq!(
+        mock.request_count("second"),
+        0,
+        "no retry after the commit point"
+    );
+    // It counts against the deployment.
+    let mut failures = 0.0;
+    for _ in 0..100 {
+        let text = metrics_text(&gw).await;
+        failures = ["server_error", "connect", "timeout"]
+            .iter()
+            .map(|o| {
+                metric_in(
+                    &text,
+                    "gateway_upstream_attempts_total",
+                    &[("deployment", "first"), ("outcome", o)],
+                )
+            })
+            .sum();
+        if failures > 0.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(failures, 1.0);
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_stream_cut_after_content_ends_with_an_error_event_and_no_done() {
+    assert_committed_failure(
+        Behavior::text("Partial answer that is cut")
+            .with_fault(Fault::CutStream { after_chunks: 2 }),
+        "openai",
+    )
+    .await;
+    assert_committed_failure(
+        Behavior::text("Partial answer that is cut")
+            .with_fault(Fault::CutStream { after_chunks: 2 }),
+        "anthropic",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_reset_after_content_ends_with_an_error_event_and_no_done() {
+    assert_committed_failure(
+        Behavior::text("Partial answer then reset")
+            .with_fault(Fault::ResetMidBody { after_chunks: 2 }),
+        "openai",
+    )
+    .await;
+    assert_committed_failure(
+        Behavior::text("Partial answer then reset")
+            .with_fault(Fault::ResetMidBody { after_chunks: 2 }),
+        "anthropic",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_stall_after_content_ends_with_an_error_event_after_the_idle_timeout() {
+    assert_committed_failure(
+        Behavior::text("Partial answer then silence")
+            .with_fault(Fault::StallAfter { after_chunks: 2 }),
+        "openai",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn invalid_json_events_are_skipped_and_counted() {
+    let mock = mock().await;
+    mock.set_behavior(
+        "first",
+        Behavior::text("Still fine.")
+            .with_chunks(3)
+            .with_fault(Fault::InvalidJsonEvent { after_chunks: 1 }),
+    );
+    let gw = start_gateway(&two_deployments(&mock, "openai"));
+    let s = chat_stream(&gw, &stream_request("m", false)).await;
+    assert_openai_stream(&s, false);
+    assert_eq!(s.content(), "Still fine.");
+    assert!(!s.raw.contains("not json"));
+    eventually(|| true).await;
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        counted = metric(
+            &gw,
+            "gateway_stream_invalid_events_total",
+            &[("deployment", "first")],
+        )
+        .await;
+        if counted > 0.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted, 1.0);
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_missing_done_after_the_finish_is_tolerated() {
+    let mock = mock().await;
+    let finish_without_done = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Done early.\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    );
+    mock.set_behavior(
+        "first",
+        Behavior::error(ErrorPreset::Custom {
+            status: 200,
+            body: finish_without_done.to_owned(),
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+        }),
+    );
+    let gw = start_gateway(&two_deployments(&mock, "openai"));
+    let s = chat_stream(&gw, &stream_request("m", false)).await;
+    assert_openai_stream(&s, false);
+    assert_eq!(s.content(), "Done early.");
+    assert_eq!(s.header("x-switchyard-deployment"), Some("first"));
+    gw.stop(true).await;
+}
