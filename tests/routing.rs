@@ -388,3 +388,41 @@ async fn when_everything_fails_the_client_gets_502_naming_the_last_attempt() {
     assert_eq!(r.header("x-switchyard-attempts"), Some("1"));
     gw.stop(true).await;
 }
+
+#[actix_web::test]
+async fn a_deployment_at_its_concurrency_limit_declines_and_the_client_gets_429() {
+    let mock = mock().await;
+    mock.set_behavior(
+        "",
+        Behavior::text("slow").with_latency(Duration::from_millis(300)),
+    );
+    let gw = start_gateway(&format!(
+        "{FAST_ROUTER}{}",
+        deployment(
+            "one-at-a-time",
+            "gpt-4o",
+            "openai",
+            &openai_base(&mock, ""),
+            "max_concurrency = 1"
+        ),
+    ));
+    let (a, b) = futures_util::future::join(chat(&gw, &user_message("gpt-4o", "first")), async {
+        eventually(|| mock.request_count("") == 1).await;
+        chat(&gw, &user_message("gpt-4o", "second")).await
+    })
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(b.status, 429, "{}", b.body);
+    assert_eq!(b.header("retry-after"), Some("1"));
+    assert_eq!(mock.request_count(""), 1);
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_deployment_declines_total",
+            &[("deployment", "one-at-a-time"), ("reason", "at_capacity")]
+        )
+        .await,
+        1.0
+    );
+    gw.stop(true).await;
+}

@@ -150,7 +150,6 @@ impl DeploymentActor {
     fn reserve(&mut self) -> Result<Grant, Decline> {
         let now = self.clock.now();
         if let Some(d) = self.decline(now) {
-            self.dep_metrics().decline(d.as_str());
             return Err(d);
         }
         if let Some(limiter) = &self.limiter {
@@ -158,7 +157,6 @@ impl DeploymentActor {
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
                 let until = now + wait;
                 self.rate_limited_until = Some(until);
-                self.dep_metrics().decline("rate_limited");
                 return Err(Decline::RateLimited { until });
             }
         }
@@ -167,7 +165,6 @@ impl DeploymentActor {
             Admission::Probe(t) => Some(t),
             Admission::Reject { until } => {
                 // `decline` said it would admit; only a race with time can land here.
-                self.dep_metrics().decline("breaker_open");
                 return Err(Decline::BreakerOpen { until });
             }
         };

@@ -205,15 +205,17 @@ impl PlanState {
         self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
     }
 
-    fn note_decline(&mut self, dep: usize, d: &Decline) {
+    fn note_decline(&mut self, dep: usize, d: &Decline, now: Instant) {
         if d.is_rate_limit() {
-            if let Some(until) = d.until() {
-                self.note_retry_at(until);
-            }
+            // At capacity has no known end; a second is a fair hint.
+            self.note_retry_at(d.until().unwrap_or(now + Duration::from_secs(1)));
         } else {
             self.only_rate_limits = false;
         }
-        self.declines.push((dep, d.as_str()));
+        let reason = (dep, d.as_str());
+        if !self.declines.contains(&reason) {
+            self.declines.push(reason);
+        }
     }
 }
 
@@ -301,13 +303,17 @@ impl RouterCore {
                 return GroupEnd::Exhausted;
             }
             let bids = self.collect_bids(deployments).await;
+            let now = self.clock.now();
             let mut candidates: Vec<Bid> = Vec::with_capacity(bids.len());
             for b in bids {
                 if failed.iter().any(|(d, _)| *d == b.deployment) {
                     continue;
                 }
                 match &b.decline {
-                    Some(d) => st.note_decline(b.deployment, d),
+                    Some(d) => {
+                        self.metrics.deployments[b.deployment].decline(d.as_str());
+                        st.note_decline(b.deployment, d, now);
+                    }
                     None => candidates.push(b),
                 }
             }
@@ -332,7 +338,8 @@ impl RouterCore {
                 let permit = match self.reserve(dep).await {
                     Ok(p) => p,
                     Err(d) => {
-                        st.note_decline(dep, &d);
+                        self.metrics.deployments[dep].decline(d.as_str());
+                        st.note_decline(dep, &d, self.clock.now());
                         continue;
                     }
                 };
@@ -480,12 +487,11 @@ impl RouterCore {
                     code: Some("unsupported_parameter".to_owned()),
                 },
                 None => {
-                    let mut reasons: Vec<String> = st
+                    let reasons: Vec<String> = st
                         .declines
                         .iter()
                         .map(|(d, r)| format!("{}: {r}", self.config.deployments[*d].id))
                         .collect();
-                    reasons.dedup();
                     GatewayError::Unavailable {
                         message: format!(
                             "no deployment is available for `{model}` ({})",

@@ -294,15 +294,7 @@ impl DefaultFilled for RawLog {
 // === semantic rules ===
 
 fn ms(key: &str, value: u64, min: u64, max: u64, p: &mut Problems) -> Option<Duration> {
-    if value < min {
-        p.bad(key, value, &format!("must be >= {min}"));
-        None
-    } else if value > max {
-        p.bad(key, value, &format!("must be <= {max}"));
-        None
-    } else {
-        Some(Duration::from_millis(value))
-    }
+    in_range(key, value, min, max, p).map(Duration::from_millis)
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
