@@ -177,8 +177,12 @@ pub enum GatewayError {
         retry_after: Duration,
     },
     /// Nothing could take the request: breakers open, cooling down, actors unavailable.
+    /// `retry_after` when the earliest recovery is known.
     #[error("{message}")]
-    Unavailable { message: String },
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The upstream refused the request in a way that is the client's to fix (400, content policy,
     /// context window with nowhere left to go).
     #[error("{}", .0.message)]
@@ -268,6 +272,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            GatewayError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -143,6 +143,11 @@ async fn when_every_breaker_is_open_the_client_gets_503_and_ready_says_not_ready
     let r = chat(&gw, &user_message("gpt-4o", "hi")).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.body["error"]["code"], "no_deployment_available");
+    assert_eq!(
+        r.header("retry-after"),
+        Some("30"),
+        "the breaker reopens for probes in 30 s"
+    );
     assert!(r.body["error"]["message"]
         .as_str()
         .unwrap()

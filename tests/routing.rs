@@ -426,3 +426,90 @@ async fn a_deployment_at_its_concurrency_limit_declines_and_the_client_gets_429(
     );
     gw.stop(true).await;
 }
+
+#[actix_web::test]
+async fn retry_after_given_to_the_client_comes_from_the_latest_429() {
+    let mock = mock().await;
+    mock.set_behavior(
+        "",
+        Behavior::error(ErrorPreset::RateLimited {
+            retry_after: Some(3),
+        }),
+    );
+    let gw = start_gateway(&format!(
+        "{}{}",
+        settings("num_retries = 1", ""),
+        deployment("only", "gpt-4o", "openai", &openai_base(&mock, ""), ""),
+    ));
+    let clock = gw.clock().clone();
+    let url = gw.url();
+    let pending = actix_web::rt::spawn(async move {
+        let resp = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .send_json(&user_message("gpt-4o", "hi"))
+            .await
+            .unwrap();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (resp.status().as_u16(), retry_after)
+    });
+    eventually(|| mock.request_count("") == 1).await;
+    clock.advance(Duration::from_secs(3));
+    let (status, retry_after) = pending.await.unwrap();
+    assert_eq!(
+        mock.request_count(""),
+        2,
+        "retried once after the Retry-After"
+    );
+    assert_eq!(status, 429);
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("3"),
+        "the second 429's 3 s, not what is left of the first"
+    );
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_sick_deployment_that_could_serve_gives_503_not_a_translation_400() {
+    let mock = mock().await;
+    mock.set_behavior("openai", Behavior::error(ErrorPreset::ServerError));
+    let gw = start_gateway(&format!(
+        "{}{}{}\n[[fallbacks]]\nfrom = \"gpt-4o\"\nto = [\"claude\"]\n",
+        settings(
+            "num_retries = 0",
+            "[breaker]\nconsecutive_failures = 1\ncooldown_ms = 30000\n"
+        ),
+        deployment(
+            "openai-1",
+            "gpt-4o",
+            "openai",
+            &openai_base(&mock, "openai"),
+            ""
+        ),
+        deployment(
+            "claude-1",
+            "claude",
+            "anthropic",
+            &anthropic_base(&mock, "claude"),
+            ""
+        ),
+    ));
+    // One failure opens openai-1's breaker (the request itself falls back to claude).
+    assert_eq!(chat(&gw, &user_message("gpt-4o", "hi")).await.status, 200);
+    // n = 2: openai-1 could serve it but is ejected; claude-1 cannot express n > 1.
+    let mut req = user_message("gpt-4o", "hi");
+    req["n"] = serde_json::json!(2);
+    let r = chat(&gw, &req).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "no_deployment_available");
+    let retry_after: u64 = r
+        .header("retry-after")
+        .expect("the breaker's end is known")
+        .parse()
+        .unwrap();
+    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    gw.stop(true).await;
+}

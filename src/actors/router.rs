@@ -191,26 +191,51 @@ struct PlanState {
     attempts: u32,
     upstream_wait: Duration,
     last_error: Option<(usize, UpstreamError)>,
-    /// Every failure and decline so far was a rate limit (ours or the upstream's).
-    only_rate_limits: bool,
-    /// Earliest moment a rate-limited deployment takes requests again.
-    retry_at: Option<Instant>,
+    /// Every attempt so far failed with a rate limit.
+    only_rate_limit_failures: bool,
+    /// Every decline so far was a rate limit (ours or a cooldown after the upstream's 429).
+    only_rate_limit_declines: bool,
+    /// The latest known moment each rate-limited deployment takes requests again.
+    rate_limited_until: Vec<(usize, Instant)>,
+    /// The earliest known end of the other declines (breaker open, long cooldown).
+    unavailable_until: Option<Instant>,
     declines: Vec<(usize, &'static str)>,
     translate_error: Option<TranslateError>,
     deadline_hit: bool,
 }
 
 impl PlanState {
-    fn note_retry_at(&mut self, at: Instant) {
-        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    fn new() -> Self {
+        PlanState {
+            only_rate_limit_failures: true,
+            only_rate_limit_declines: true,
+            ..PlanState::default()
+        }
+    }
+
+    /// Newer information replaces older: a second 429 after a wait pushes the time out.
+    fn note_rate_limited(&mut self, dep: usize, until: Instant) {
+        match self.rate_limited_until.iter_mut().find(|(d, _)| *d == dep) {
+            Some(entry) => entry.1 = until,
+            None => self.rate_limited_until.push((dep, until)),
+        }
+    }
+
+    /// When the first rate-limited deployment takes requests again.
+    fn retry_at(&self) -> Option<Instant> {
+        self.rate_limited_until.iter().map(|&(_, at)| at).min()
     }
 
     fn note_decline(&mut self, dep: usize, d: &Decline, now: Instant) {
         if d.is_rate_limit() {
             // At capacity has no known end; a second is a fair hint.
-            self.note_retry_at(d.until().unwrap_or(now + Duration::from_secs(1)));
+            self.note_rate_limited(dep, d.until().unwrap_or(now + Duration::from_secs(1)));
         } else {
-            self.only_rate_limits = false;
+            self.only_rate_limit_declines = false;
+            if let Some(until) = d.until() {
+                self.unavailable_until =
+                    Some(self.unavailable_until.map_or(until, |u| u.min(until)));
+            }
         }
         let reason = (dep, d.as_str());
         if !self.declines.contains(&reason) {
@@ -239,10 +264,7 @@ impl RouterCore {
         };
         let requested = group.index;
         let deadline = self.clock.now() + self.config.router.timeout;
-        let mut st = PlanState {
-            only_rate_limits: true,
-            ..PlanState::default()
-        };
+        let mut st = PlanState::new();
         let chain: Vec<usize> = std::iter::once(requested)
             .chain(group.fallbacks.iter().copied())
             .collect();
@@ -329,7 +351,6 @@ impl RouterCore {
                     Ok(b) => b,
                     Err(e) => {
                         // This provider cannot express the request; others may.
-                        st.only_rate_limits = false;
                         st.translate_error.get_or_insert(e);
                         failed.push((dep, None));
                         continue;
@@ -370,7 +391,7 @@ impl RouterCore {
                 let class = e.class;
                 let retry_after = e.retry_after;
                 if class != ErrorClass::RateLimited {
-                    st.only_rate_limits = false;
+                    st.only_rate_limit_failures = false;
                 }
                 st.last_error = Some((dep, e));
                 if !class.moves_on() {
@@ -387,7 +408,7 @@ impl RouterCore {
                                 retry_after,
                                 self.config.router.rate_limit_cooldown,
                             );
-                        st.note_retry_at(at);
+                        st.note_rate_limited(dep, at);
                         at
                     } else {
                         now + full_jitter(
@@ -438,6 +459,11 @@ impl RouterCore {
 
     fn final_error(&self, group: usize, st: &PlanState) -> GatewayError {
         let model = &self.config.groups[group].name;
+        let now = self.clock.now();
+        let until = |at: Instant| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_secs(1))
+        };
         if st.deadline_hit {
             return GatewayError::DeadlineExceeded {
                 message: format!(
@@ -447,58 +473,64 @@ impl RouterCore {
                 ),
             };
         }
-        let has_rate_limit = st
-            .last_error
-            .as_ref()
-            .is_some_and(|(_, e)| e.class == ErrorClass::RateLimited)
-            || st.retry_at.is_some();
-        if st.only_rate_limits && has_rate_limit {
-            let now = self.clock.now();
-            let retry_after = st
-                .retry_at
-                .map(|at| at.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(1))
-                .max(Duration::from_secs(1));
-            return GatewayError::RateLimited {
-                message: format!("every deployment serving `{model}` is rate limited; retry later"),
-                retry_after,
+        let rate_limited = || GatewayError::RateLimited {
+            message: format!("every deployment serving `{model}` is rate limited; retry later"),
+            retry_after: st
+                .retry_at()
+                .or(st.unavailable_until)
+                .map_or(Duration::from_secs(1), until),
+        };
+        if let Some((dep, e)) = &st.last_error {
+            return match e.class {
+                _ if st.only_rate_limit_failures => rate_limited(),
+                ErrorClass::ContextWindow => GatewayError::UpstreamRejected(e.clone()),
+                ErrorClass::Timeout => GatewayError::DeadlineExceeded {
+                    message: format!(
+                        "{} attempt(s) failed; the last, on deployment {}, timed out: {}",
+                        st.attempts, self.config.deployments[*dep].id, e.message
+                    ),
+                },
+                _ => GatewayError::UpstreamFailed {
+                    message: format!(
+                        "{} attempt(s) failed; the last, on deployment {}: {e}",
+                        st.attempts, self.config.deployments[*dep].id
+                    ),
+                },
             };
         }
-        match &st.last_error {
-            Some((_, e)) if e.class == ErrorClass::ContextWindow => {
-                GatewayError::UpstreamRejected(e.clone())
+        // No attempt was made. Declines come first: a deployment that could have taken the
+        // request was busy or sick, which is worth retrying, unlike a translation problem.
+        if !st.declines.is_empty() {
+            if st.only_rate_limit_declines {
+                return rate_limited();
             }
-            Some((dep, e)) if e.class == ErrorClass::Timeout => GatewayError::DeadlineExceeded {
+            let reasons: Vec<String> = st
+                .declines
+                .iter()
+                .map(|(d, r)| format!("{}: {r}", self.config.deployments[*d].id))
+                .collect();
+            return GatewayError::Unavailable {
                 message: format!(
-                    "{} attempt(s) failed; the last, on deployment {}, timed out: {}",
-                    st.attempts, self.config.deployments[*dep].id, e.message
+                    "no deployment is available for `{model}` ({})",
+                    reasons.join(", ")
                 ),
+                retry_after: st
+                    .unavailable_until
+                    .into_iter()
+                    .chain(st.retry_at())
+                    .min()
+                    .map(until),
+            };
+        }
+        match &st.translate_error {
+            Some(t) => GatewayError::BadRequest {
+                message: format!("no deployment serving `{model}` can take this request: {t}"),
+                param: (!t.param.is_empty()).then(|| t.param.clone()),
+                code: Some("unsupported_parameter".to_owned()),
             },
-            Some((dep, e)) => GatewayError::UpstreamFailed {
-                message: format!(
-                    "{} attempt(s) failed; the last, on deployment {}: {e}",
-                    st.attempts, self.config.deployments[*dep].id
-                ),
-            },
-            None => match &st.translate_error {
-                Some(t) => GatewayError::BadRequest {
-                    message: format!("no deployment serving `{model}` can take this request: {t}"),
-                    param: (!t.param.is_empty()).then(|| t.param.clone()),
-                    code: Some("unsupported_parameter".to_owned()),
-                },
-                None => {
-                    let reasons: Vec<String> = st
-                        .declines
-                        .iter()
-                        .map(|(d, r)| format!("{}: {r}", self.config.deployments[*d].id))
-                        .collect();
-                    GatewayError::Unavailable {
-                        message: format!(
-                            "no deployment is available for `{model}` ({})",
-                            reasons.join(", ")
-                        ),
-                    }
-                }
+            None => GatewayError::Unavailable {
+                message: format!("no deployment is available for `{model}`"),
+                retry_after: None,
             },
         }
     }
@@ -616,7 +648,10 @@ impl RouterCore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one attempt needs the plan's whole context; a struct would only rename it"
+    )]
     async fn attempt_stream(
         &self,
         requested: usize,
