@@ -1,5 +1,5 @@
 //! Error taxonomy. Every upstream failure is classified into one [`ErrorClass`]; retry, fallback
-//! and breaker policy are one table over it (see `docs/design.md` §3). [`GatewayError`] is what a
+//! and breaker policy are one table over it (the team's design reference, design.md §3, which the README reproduces). [`GatewayError`] is what a
 //! client sees; its status and OpenAI `type`/`code` are decided in one match each, here.
 
 use std::time::Duration;

@@ -118,7 +118,10 @@ impl Gateway {
             .max_connections(s.max_connections)
             .client_request_timeout(s.client_request_timeout)
             .keep_alive(s.keep_alive)
-            .shutdown_timeout(s.shutdown_timeout.as_secs());
+            // actix counts whole seconds; round up so a short grace period is not zero.
+            .shutdown_timeout(
+                u64::try_from(s.shutdown_timeout.as_millis().div_ceil(1000)).unwrap_or(u64::MAX),
+            );
         if !options.handle_signals {
             server = server.disable_signals();
         }

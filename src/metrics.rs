@@ -5,9 +5,7 @@
 //! fixed enums (error classes, status classes).
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Config;
 use crate::error::ErrorClass;
@@ -164,13 +162,14 @@ impl DeploymentMetrics {
 }
 
 pub struct Metrics {
-    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pub overhead: Histogram,
     pub deployments: Vec<DeploymentMetrics>,
-    /// `[group slot][deployment slot][status class]`, flattened; slot `len` means "none".
-    requests: Vec<Counter>,
-    n_deployments: usize,
+    /// Per requested group (and a last slot for requests that matched none): the deployments
+    /// that can serve it (its own and its fallback groups') and `None`, each with a counter
+    /// per status class. Only these pairs exist, so the series count stays proportional to
+    /// the config, not to groups x deployments.
+    requests: Vec<Vec<(Option<usize>, [Counter; 3])>>,
     /// Per model group.
     pub retries: Vec<Counter>,
     /// `fallbacks[from][i]` counts moves from group `from` to its i-th fallback.
@@ -303,32 +302,34 @@ impl Metrics {
             })
             .collect();
 
-        let n_deployments = config.deployments.len();
-        let mut requests = Vec::with_capacity((config.groups.len() + 1) * (n_deployments + 1) * 3);
-        let group_names = config
+        let series = |group: &str, dep: Option<usize>| {
+            let dep_name = dep.map_or("", |d| &*config.deployments[d].id);
+            let c = |class: StatusClass| {
+                counter(
+                    "gateway_requests_total",
+                    &[
+                        ("model_group", group),
+                        ("deployment", dep_name),
+                        ("status_class", class.as_str()),
+                    ],
+                )
+            };
+            (dep, StatusClass::ALL.map(c))
+        };
+        let mut requests: Vec<Vec<(Option<usize>, [Counter; 3])>> = config
             .groups
             .iter()
-            .map(|g| &*g.name)
-            .chain(std::iter::once(""));
-        for group in group_names {
-            let dep_names = config
-                .deployments
-                .iter()
-                .map(|d| &*d.id)
-                .chain(std::iter::once(""));
-            for dep in dep_names {
-                for class in StatusClass::ALL {
-                    requests.push(counter(
-                        "gateway_requests_total",
-                        &[
-                            ("model_group", group),
-                            ("deployment", dep),
-                            ("status_class", class.as_str()),
-                        ],
-                    ));
-                }
-            }
-        }
+            .map(|g| {
+                std::iter::once(g.index)
+                    .chain(g.fallbacks.iter().copied())
+                    .flat_map(|s| config.groups[s].deployments.iter().copied())
+                    .map(Some)
+                    .chain(std::iter::once(None))
+                    .map(|d| series(&g.name, d))
+                    .collect()
+            })
+            .collect();
+        requests.push(vec![series("", None)]);
         let retries = config
             .groups
             .iter()
@@ -352,12 +353,10 @@ impl Metrics {
         let overhead = histogram("gateway_overhead_seconds", &[]);
 
         Metrics {
-            recorder,
             handle,
             overhead,
             deployments,
             requests,
-            n_deployments,
             retries,
             fallbacks,
         }
@@ -366,19 +365,18 @@ impl Metrics {
     /// Counts one client request. `group`/`deployment` are `None` when the request never got
     /// that far (bad input, unknown model, nothing served it).
     pub fn request(&self, group: Option<usize>, deployment: Option<usize>, status: u16) {
-        let groups = self.requests.len() / ((self.n_deployments + 1) * 3);
-        let g = group.unwrap_or(groups - 1);
-        let d = deployment.unwrap_or(self.n_deployments);
+        let slot = group.unwrap_or(self.requests.len() - 1);
         let class = match StatusClass::of(status) {
             StatusClass::Ok => 0,
             StatusClass::ClientError => 1,
             StatusClass::ServerError => 2,
         };
-        if let Some(c) = self
+        let found = self
             .requests
-            .get((g * (self.n_deployments + 1) + d) * 3 + class)
-        {
-            c.increment(1);
+            .get(slot)
+            .and_then(|list| list.iter().find(|(d, _)| *d == deployment));
+        if let Some((_, counters)) = found {
+            counters[class].increment(1);
         }
     }
 
@@ -390,10 +388,5 @@ impl Metrics {
     /// Drains histogram buffers; call every few seconds.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
-    }
-
-    /// The recorder itself, for tests that register extra handles.
-    pub fn recorder(&self) -> &PrometheusRecorder {
-        &self.recorder
     }
 }

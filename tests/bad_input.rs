@@ -188,9 +188,11 @@ async fn a_master_key_is_required_when_configured() {
     assert!(!r.body.to_string().contains("sk-gateway"));
     let r = chat_raw(&gw, body.clone(), &[("authorization", "Bearer sk-gateway")]).await;
     assert_eq!(r.status, 200);
-    let r = chat_raw(&gw, body, &[("x-api-key", "sk-gateway")]).await;
+    let r = chat_raw(&gw, body.clone(), &[("x-api-key", "sk-gateway")]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(mock.request_count(""), 2);
+    let r = chat_raw(&gw, body, &[("authorization", "bearer sk-gateway")]).await;
+    assert_eq!(r.status, 200, "the auth scheme is case-insensitive");
+    assert_eq!(mock.request_count(""), 3);
     for seen in mock.requests("") {
         assert_eq!(
             seen.header("authorization"),
@@ -209,7 +211,7 @@ async fn a_master_key_is_required_when_configured() {
 }
 
 #[actix_web::test]
-async fn an_unknown_path_is_an_openai_style_404() {
+async fn an_unknown_path_is_an_openai_style_404_and_a_wrong_method_a_405() {
     let (_mock, gw) = setup("").await;
     let mut resp = client()
         .post(format!("{}/v1/completions/legacy", gw.url()))
@@ -219,5 +221,26 @@ async fn an_unknown_path_is_an_openai_style_404() {
     assert_eq!(resp.status(), 404);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unknown_url");
+    let mut resp = client()
+        .get(format!("{}/v1/chat/completions", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers().get("allow").unwrap(), "POST");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+    let resp = client()
+        .post(format!("{}/health", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = client()
+        .head(format!("{}/health", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "load balancers may probe with HEAD");
     gw.stop(true).await;
 }

@@ -166,3 +166,89 @@ async fn when_every_breaker_is_open_the_client_gets_503_and_ready_says_not_ready
     assert_eq!(body["deployments"][0]["breaker"], "open");
     gw.stop(true).await;
 }
+
+fn probe_config(mock: &MockUpstream) -> String {
+    format!(
+        "{}{}{}",
+        settings(
+            "num_retries = 1",
+            "[breaker]\nconsecutive_failures = 1\ncooldown_ms = 30000\nhalf_open_probes = 1\nprobe_timeout_ms = 300\n"
+        ),
+        deployment("sick", "gpt-4o", "openai", &openai_base(mock, "sick"), "weight = 1000000"),
+        deployment("healthy", "gpt-4o", "openai", &openai_base(mock, "healthy"), "weight = 1"),
+    )
+}
+
+#[actix_web::test]
+async fn a_probe_is_bounded_by_the_probe_timeout_and_its_failure_falls_back_invisibly() {
+    let mock = mock().await;
+    mock.set_behavior("sick", Behavior::error(ErrorPreset::ServerError));
+    let gw = start_gateway(&probe_config(&mock));
+    while mock.request_count("sick") < 1 {
+        assert_eq!(chat(&gw, &user_message("gpt-4o", "hi")).await.status, 200);
+    }
+    // The deployment now hangs; after the cooldown, the probe must give up after 300 ms, not
+    // after the 5 s per-try timeout.
+    mock.set_behavior("sick", Behavior::text("never").with_fault(Fault::Hang));
+    gw.clock().advance(std::time::Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let r = chat(&gw, &user_message("gpt-4o", "hi")).await;
+    let took = started.elapsed();
+    assert_eq!(
+        r.status, 200,
+        "the failed probe fell back invisibly: {}",
+        r.body
+    );
+    assert_eq!(r.header("x-switchyard-deployment"), Some("healthy"));
+    assert_eq!(
+        mock.request_count("sick"),
+        2,
+        "one probe went to the sick deployment"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "probe bounded by probe_timeout_ms: took {took:?}"
+    );
+    assert_eq!(
+        metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await,
+        2.0,
+        "re-opened"
+    );
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_streamed_probe_closes_the_breaker_at_its_first_token_even_if_the_stream_outlives_the_probe_timeout(
+) {
+    let mock = mock().await;
+    mock.set_behavior("sick", Behavior::error(ErrorPreset::ServerError));
+    let gw = start_gateway(&probe_config(&mock));
+    while mock.request_count("sick") < 1 {
+        assert_eq!(chat(&gw, &user_message("gpt-4o", "hi")).await.status, 200);
+    }
+    // Recovered, but slow: 6 chunks 100 ms apart, twice the probe timeout.
+    mock.set_behavior(
+        "sick",
+        Behavior::text("slow but healthy answer")
+            .with_chunks(6)
+            .with_chunk_delay(std::time::Duration::from_millis(100)),
+    );
+    gw.clock().advance(std::time::Duration::from_secs(30));
+    let s = chat_stream(&gw, &stream_request("gpt-4o", false)).await;
+    assert_openai_stream(&s, false);
+    assert_eq!(s.header("x-switchyard-deployment"), Some("sick"));
+    eventually(|| true).await;
+    let mut state = -1.0;
+    for _ in 0..100 {
+        state = metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await;
+        if state == 0.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        state, 0.0,
+        "closed by the probe's first token, and still closed after the long stream"
+    );
+    gw.stop(true).await;
+}

@@ -208,6 +208,9 @@ impl DeploymentActor {
                 }
             }
             Outcome::Cancelled => self.breaker.on_neutral(now, o.probe),
+            Outcome::ProbeCommitted => {
+                self.breaker.on_success(now, o.probe);
+            }
         }
         self.sync_breaker_gauge(now);
     }
@@ -319,6 +322,10 @@ pub enum Outcome {
     Failure(ErrorClass),
     /// The client left or the attempt was abandoned: no verdict on the deployment.
     Cancelled,
+    /// A streamed half-open probe reached its first token: the deployment is healthy again.
+    /// Sent at the commit point so a long stream cannot outlive its probe deadline; the
+    /// stream's own outcome follows later as an ordinary report, without the ticket.
+    ProbeCommitted,
 }
 
 /// How an attempt went. Fire and forget (`try_send`).

@@ -147,6 +147,9 @@ impl Permit {
         ttft: Option<Duration>,
         retry_after: Option<Duration>,
     ) {
+        if outcome == Outcome::ProbeCommitted {
+            return self.probe_committed();
+        }
         if self.reported {
             return;
         }
@@ -155,7 +158,7 @@ impl Permit {
         let slot = match outcome {
             Outcome::Success => OUTCOME_SUCCESS,
             Outcome::Failure(class) => class.index(),
-            Outcome::Cancelled => OUTCOME_CANCELLED,
+            Outcome::Cancelled | Outcome::ProbeCommitted => OUTCOME_CANCELLED,
         };
         m.attempts[slot].increment(1);
         let msg = ReportOutcome {
@@ -170,6 +173,37 @@ impl Permit {
             Err(SendError::Full(_)) => m.outcomes_dropped.increment(1),
             // The actor is gone; the registry respawns it on the next message.
             Err(SendError::Closed(_)) => m.actor_closed.increment(1),
+        }
+    }
+}
+
+impl Permit {
+    /// A streamed probe reached its commit point: give the breaker its verdict now. The
+    /// permit's final report then goes without the probe ticket.
+    fn probe_committed(&mut self) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        let msg = ReportOutcome {
+            outcome: Outcome::ProbeCommitted,
+            probe: Some(probe),
+            latency: Duration::ZERO,
+            ttft: None,
+            retry_after: None,
+        };
+        if self.addr.try_send(msg).is_err() {
+            self.metrics.deployments[self.deployment]
+                .outcomes_dropped
+                .increment(1);
+        }
+    }
+
+    /// An attempt's time limit: a half-open probe is also bounded by `probe_timeout_ms`.
+    fn limit(&self, attempt_limit: Duration, probe_timeout: Duration) -> Duration {
+        if self.probe.is_some() {
+            attempt_limit.min(probe_timeout)
+        } else {
+            attempt_limit
         }
     }
 }
@@ -611,7 +645,11 @@ impl RouterCore {
         deadline: Instant,
         st: &mut PlanState,
     ) -> Result<Routed, UpstreamError> {
-        let io_deadline = self.io_deadline(deadline, self.config.router.per_try_timeout);
+        let limit = permit.limit(
+            self.config.router.per_try_timeout,
+            self.config.breaker.probe_timeout,
+        );
+        let io_deadline = self.io_deadline(deadline, limit);
         let started = Instant::now();
         let result = upstream::call_json(
             &self.client,
@@ -663,7 +701,11 @@ impl RouterCore {
         st: &mut PlanState,
     ) -> Result<Routed, UpstreamError> {
         let r = &self.config.router;
-        let first_token = self.io_deadline(deadline, r.first_token_timeout.min(r.per_try_timeout));
+        let limit = permit.limit(
+            r.first_token_timeout.min(r.per_try_timeout),
+            self.config.breaker.probe_timeout,
+        );
+        let first_token = self.io_deadline(deadline, limit);
         let started = Instant::now();
         let opened = upstream::open_stream(
             &self.client,
@@ -686,6 +728,7 @@ impl RouterCore {
                 return Err(e);
             }
         };
+        permit.report(Outcome::ProbeCommitted, Duration::ZERO, None, None);
         let ttft = open.first_token_at.saturating_duration_since(started);
         let prelude = open.prelude.clone();
         let (tx, rx) = mpsc::channel(r.stream_buffer_chunks);

@@ -24,6 +24,16 @@ pub fn parse_with_env(
         .map_err(|e| ConfigErrors::single("(syntax)", e.to_string().trim_end().to_owned()))?;
     let mut p = Problems::default();
     expand_env_in_table(&mut table, "", env, &mut p);
+    // Every model a deployment names, even a deployment with problems of its own, so fallbacks
+    // are judged on their own.
+    let models: HashSet<String> = table
+        .get("deployments")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("model").and_then(toml::Value::as_str))
+        .map(str::to_owned)
+        .collect();
 
     let mut server = RawServer::default_filled();
     let mut router = RawRouter::default_filled();
@@ -77,7 +87,6 @@ pub fn parse_with_env(
     let router = validate_router(router, &mut p);
     let breaker = validate_breaker(breaker, &mut p);
     let log = validate_log(log, &mut p);
-    let models: HashSet<String> = deployments.iter().map(|(_, d)| d.model.clone()).collect();
     let (deployments, mut groups, group_index) = validate_deployments(deployments, &mut p);
     validate_fallbacks(
         fallbacks,
@@ -216,21 +225,69 @@ fn element_name(path: &str, item: &toml::Value, i: usize) -> String {
     }
 }
 
-fn section<T: DeserializeOwned>(name: &str, value: toml::Value, p: &mut Problems) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
+/// Deserializes one section, reporting every unknown key and ill-typed value, not just the
+/// first: serde stops at the first error, so the offending key is removed and the section is
+/// deserialized again, until it parses or the error cannot be pinned on a key (a missing
+/// required field). What parses is returned even after errors, so the semantic rules still
+/// run on the rest of the section; the config is rejected either way.
+fn section<T: DeserializeOwned>(name: &str, mut value: toml::Value, p: &mut Problems) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    // Bounded by the number of keys in the section; the cap is a backstop.
+    for _ in 0..256 {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        let first_line = msg.lines().next().unwrap_or("invalid value").to_owned();
+        // A required key removed after a type error is missing now; that is not news.
+        let echo = removed
+            .iter()
+            .any(|k| first_line == format!("missing field `{k}`"));
+        if !echo {
             let key = if path == "." {
                 name.to_owned()
             } else {
                 join(name, &path)
             };
-            let msg = e.inner().to_string();
-            let first_line = msg.lines().next().unwrap_or("invalid value").to_owned();
             p.push(key, first_line);
-            None
         }
+        match remove_at(&mut value, e.path()) {
+            Some(k) => removed.push(k),
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Removes the value at `path` (a key of a table or an element of an array); returns the
+/// removed key's name, or `None` when the path is the section itself.
+fn remove_at(value: &mut toml::Value, path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let (last, parents) = segments.split_last()?;
+    let mut cur = value;
+    for seg in parents {
+        cur = match seg {
+            Segment::Map { key } => cur.get_mut(key.as_str())?,
+            Segment::Seq { index } => cur.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    match last {
+        Segment::Map { key } => cur
+            .as_table_mut()?
+            .remove(key.as_str())
+            .map(|_| key.clone()),
+        Segment::Seq { index } => {
+            let items = cur.as_array_mut()?;
+            (*index < items.len()).then(|| {
+                items.remove(*index);
+                index.to_string()
+            })
+        }
+        _ => None,
     }
 }
 
@@ -662,19 +719,20 @@ fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) ->
         if upstream_model.is_empty() {
             p.bad(k("upstream_model"), "\"\"", "must not be empty");
         }
-        let endpoint = provider.and_then(|kind| {
-            let base = raw
-                .api_base
-                .clone()
-                .unwrap_or_else(|| kind.default_api_base().to_owned());
-            match check_base_url(&base) {
-                Ok(()) => Some(kind.endpoint(&base)),
+        // The URL is checked whether or not the provider is valid, so both problems show.
+        let base_ok = match &raw.api_base {
+            Some(base) => match check_base_url(base) {
+                Ok(()) => true,
                 Err(msg) => {
                     p.bad(k("api_base"), format!("{base:?}"), msg);
-                    None
+                    false
                 }
-            }
-        });
+            },
+            None => true,
+        };
+        let endpoint = provider
+            .filter(|_| base_ok)
+            .map(|kind| kind.endpoint(raw.api_base.as_deref().unwrap_or(kind.default_api_base())));
         let api_key = match raw.api_key {
             Some(key) if key.is_empty() => {
                 p.push(k("api_key"), "must not be empty (omit it to send no key)");
@@ -1070,6 +1128,57 @@ to = ["nope", "m"]
             "fallbacks.m.to[1] = \"m\": a model cannot fall back to itself",
         );
         assert!(p.len() >= 9, "{p:#?}");
+    }
+
+    #[test]
+    fn several_problems_in_one_section_are_all_reported() {
+        let p = problems(
+            r#"
+[server]
+listen = "nope"
+max_body_bytes = 0
+workerz = 2
+workers = "two"
+[[deployments]]
+id = "a"
+model = "m"
+provider = "azure-ish"
+api_base = "ftp://x"
+weight = "heavy"
+rpm = 0
+[[fallbacks]]
+from = "m"
+to = ["nothing"]
+"#,
+        );
+        assert_has(&p, "server.workerz: unknown field `workerz`");
+        assert_has(&p, "server.workers: invalid type: string \"two\"");
+        assert_has(&p, "server.listen = \"nope\": must be an address");
+        assert_has(&p, "server.max_body_bytes = 0: must be >= 1");
+        assert_has(&p, "deployments.a.weight: invalid type: string \"heavy\"");
+        assert_has(
+            &p,
+            "deployments.a.provider = \"azure-ish\": unknown provider",
+        );
+        assert_has(
+            &p,
+            "deployments.a.api_base = \"ftp://x\": must be an absolute",
+        );
+        assert_has(&p, "deployments.a.rpm = 0: must be >= 1");
+        assert_has(
+            &p,
+            "fallbacks.m.to[0] = \"nothing\": no deployment serves this model",
+        );
+        assert_eq!(p.len(), 9, "{p:#?}");
+    }
+
+    #[test]
+    fn a_required_key_with_a_bad_type_is_reported_once() {
+        let p = problems("[[deployments]]\nid = 7\nmodel = \"m\"\nprovider = \"openai\"\n");
+        assert_eq!(
+            p,
+            vec!["deployments[0].id: invalid type: integer `7`, expected a string"]
+        );
     }
 
     #[test]

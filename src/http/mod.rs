@@ -90,15 +90,53 @@ impl AppState {
     }
 }
 
-/// Registers every route.
+/// Registers every route. A known path with the wrong method gets a 405 naming the allowed
+/// one; GET routes answer HEAD too.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/chat/completions", web::post().to(chat_completions))
-        .route("/chat/completions", web::post().to(chat_completions))
-        .route("/v1/models", web::get().to(models))
-        .route("/models", web::get().to(models))
-        .route("/health", web::get().to(health))
-        .route("/health/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+    for path in ["/v1/chat/completions", "/chat/completions"] {
+        cfg.service(
+            web::resource(path)
+                .route(web::post().to(chat_completions))
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+    for path in ["/v1/models", "/models"] {
+        cfg.service(get_resource(path).route(get_or_head().to(models)));
+    }
+    cfg.service(get_resource("/health").route(get_or_head().to(health)))
+        .service(get_resource("/health/ready").route(get_or_head().to(ready)))
+        .service(get_resource("/metrics").route(get_or_head().to(metrics)));
+}
+
+fn get_resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let allowed = if req.path().ends_with("completions") {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let err = GatewayError::BadRequest {
+        message: format!(
+            "{} is not allowed on {}; use {allowed}",
+            req.method(),
+            req.path()
+        ),
+        param: None,
+        code: Some("method_not_allowed".to_owned()),
+    };
+    let mut resp = error_response(&err, None);
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Ok(v) = HeaderValue::from_str(allowed) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 /// Anything else: an OpenAI-style 404.
@@ -135,9 +173,11 @@ fn authorized(req: &HttpRequest, config: &Config) -> bool {
         return true;
     };
     let h = req.headers();
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let bearer = h.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+    });
     let x_api_key = h.get("x-api-key").map(HeaderValue::as_bytes);
     bearer.or(x_api_key).is_some_and(|k| key.matches(k))
 }

@@ -1,6 +1,9 @@
 //! Provider wire formats as pure translation: OpenAI-shaped requests in, each provider's native
 //! request out; native responses, streams and errors back to OpenAI shape and [`ErrorClass`]es.
 //! No I/O, no actix: `upstream` moves the bytes, this module only transforms them.
+//!
+//! "providers.md §N" in these modules refers to the team's shared wire-protocol reference,
+//! which lives outside this repository; the test vectors used here are copied from it verbatim.
 
 pub mod anthropic;
 pub mod oai;

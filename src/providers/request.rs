@@ -159,8 +159,7 @@ impl ChatBody {
     }
 
     pub fn field(&self, known: Known) -> Option<&Field> {
-        // Duplicate keys: the last one wins, as in most JSON parsers.
-        self.fields.iter().rev().find(|f| f.known == Some(known))
+        self.fields.iter().find(|f| f.known == Some(known))
     }
 }
 
@@ -201,6 +200,15 @@ fn scan_top_level(bytes: &[u8]) -> Result<Vec<Field>, GatewayError> {
         GatewayError::bad_request(message, None)
     })?;
 
+    // A key given twice would route by one value and send both upstream; refuse it.
+    for (i, (key, _)) in top.0.iter().enumerate() {
+        if top.0[..i].iter().any(|(k, _)| k == key) {
+            return Err(GatewayError::bad_request(
+                format!("{key}: the key appears more than once in the request body"),
+                Some(key.to_string()),
+            ));
+        }
+    }
     let base = bytes.as_ptr() as usize;
     let span_of = |s: &str| -> Option<Range<usize>> {
         let start = (s.as_ptr() as usize).checked_sub(base)?;
@@ -409,7 +417,10 @@ impl<'a> ChatRequest<'a> {
             let null = raw == b"null";
             match known {
                 Known::Model => model = Some(typed::<Cow<'a, str>>(&name, raw)?),
-                Known::Messages => messages = Some(typed::<Vec<Message<'a>>>(&name, raw)?),
+                Known::Messages => {
+                    let list = typed::<Vec<Object<Message<'a>>>>(&name, raw)?;
+                    messages = Some(list.into_iter().map(|m| m.0).collect());
+                }
                 Known::Stream => req.stream = typed::<Option<bool>>(&name, raw)?.unwrap_or(false),
                 Known::StreamOptions => {
                     if let Some(o) = typed::<Option<StreamOptions>>(&name, raw)? {
@@ -438,7 +449,8 @@ impl<'a> ChatRequest<'a> {
                     }
                 }
                 Known::Tools => {
-                    req.tools = typed::<Option<Vec<Tool<'a>>>>(&name, raw)?.unwrap_or_default()
+                    let list = typed::<Option<Vec<Object<Tool<'a>>>>>(&name, raw)?;
+                    req.tools = list.unwrap_or_default().into_iter().map(|t| t.0).collect();
                 }
                 Known::ToolChoice => req.tool_choice = typed::<Option<ToolChoice<'a>>>(&name, raw)?,
                 Known::ParallelToolCalls => {
@@ -589,6 +601,26 @@ fn typed<'a, T: Deserialize<'a>>(name: &str, raw: &'a [u8]) -> Result<T, Gateway
 }
 
 // === hand-written visitors, for clear error messages and no buffering ===
+
+/// A struct that must be written as a JSON object. Serde's derive also accepts an array of the
+/// fields in order (`["user", "hi"]` as a message); the API never means that.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -822,6 +854,24 @@ mod tests {
         );
         assert_eq!(p.as_deref(), Some("messages[0].content[0]"));
         assert!(m.contains("missing field `url`"), "{m}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_array_shaped_objects_are_rejected() {
+        let (m, p) =
+            err(r#"{"model":"nope","model":"m","messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!(p.as_deref(), Some("model"));
+        assert_eq!(
+            m,
+            "model: the key appears more than once in the request body"
+        );
+        let (m, p) = err(r#"{"model":"m","messages":[["user","hi"]]}"#);
+        assert_eq!(p.as_deref(), Some("messages[0]"));
+        assert!(m.contains("expected an object"), "{m}");
+        let (_, p) = err(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[["function",{}]]}"#,
+        );
+        assert_eq!(p.as_deref(), Some("tools[0]"));
     }
 
     #[test]
