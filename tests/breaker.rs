@@ -206,7 +206,7 @@ async fn a_probe_is_bounded_by_the_probe_timeout_and_its_failure_falls_back_invi
         "one probe went to the sick deployment"
     );
     assert!(
-        took < std::time::Duration::from_secs(2),
+        took < std::time::Duration::from_secs(4),
         "probe bounded by probe_timeout_ms: took {took:?}"
     );
     assert_eq!(

@@ -392,9 +392,10 @@ async fn when_everything_fails_the_client_gets_502_naming_the_last_attempt() {
 #[actix_web::test]
 async fn a_deployment_at_its_concurrency_limit_declines_and_the_client_gets_429() {
     let mock = mock().await;
-    mock.set_behavior(
+    // The first request is held for 1.5 s, long enough for the second to arrive meanwhile.
+    mock.push_behaviors(
         "",
-        Behavior::text("slow").with_latency(Duration::from_millis(300)),
+        [Behavior::text("slow").with_latency(Duration::from_millis(1500))],
     );
     let gw = start_gateway(&format!(
         "{FAST_ROUTER}{}",
