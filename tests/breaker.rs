@@ -47,9 +47,8 @@ async fn the_breaker_opens_after_n_failures_sends_nothing_during_the_cooldown_an
         assert!(served < 200, "sick was almost never chosen");
     }
     assert_eq!(mock.request_count("sick"), 3);
-    eventually(|| true).await;
     assert_eq!(
-        metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await,
+        metric_until(&gw, "gateway_breaker_state", &[("deployment", "sick")], 2.0).await,
         2.0
     );
 
@@ -87,15 +86,11 @@ async fn the_breaker_opens_after_n_failures_sends_nothing_during_the_cooldown_an
         "the probe went to the recovering deployment"
     );
     assert_eq!(mock.request_count("sick"), 4);
-    let mut closed = false;
-    for _ in 0..100 {
-        if metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await == 0.0 {
-            closed = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(closed, "the successful probe closed the breaker");
+    assert_eq!(
+        metric_until(&gw, "gateway_breaker_state", &[("deployment", "sick")], 0.0).await,
+        0.0,
+        "the successful probe closed the breaker"
+    );
     // Closed again: with weight 1000 it takes nearly all the traffic.
     for _ in 0..10 {
         chat(&gw, &user_message("gpt-4o", "hi")).await;
@@ -237,15 +232,18 @@ async fn a_streamed_probe_closes_the_breaker_at_its_first_token_even_if_the_stre
     let s = chat_stream(&gw, &stream_request("gpt-4o", false)).await;
     assert_openai_stream(&s, false);
     assert_eq!(s.header("x-switchyard-deployment"), Some("sick"));
-    eventually(|| true).await;
-    let mut state = -1.0;
-    for _ in 0..100 {
-        state = metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await;
-        if state == 0.0 {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Once the stream's own outcome (after 600 ms) has reached the actor, the breaker must
+    // still be closed: the probe's verdict came at the first token.
+    let outcome = [("deployment", "sick"), ("outcome", "success")];
+    let text = metrics_until(&gw, |t| {
+        metric_in(t, "gateway_upstream_attempts_total", &outcome) == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric_in(&text, "gateway_upstream_attempts_total", &outcome),
+        1.0
+    );
+    let state = metric(&gw, "gateway_breaker_state", &[("deployment", "sick")]).await;
     assert_eq!(
         state, 0.0,
         "closed by the probe's first token, and still closed after the long stream"

@@ -122,25 +122,20 @@ async fn assert_committed_failure(fault: Behavior, kind: &str) {
         "no retry after the commit point"
     );
     // It counts against the deployment.
-    let mut failures = 0.0;
-    for _ in 0..100 {
-        let text = metrics_text(&gw).await;
-        failures = ["server_error", "connect", "timeout"]
+    let failures = |text: &str| -> f64 {
+        ["server_error", "connect", "timeout"]
             .iter()
             .map(|o| {
                 metric_in(
-                    &text,
+                    text,
                     "gateway_upstream_attempts_total",
                     &[("deployment", "first"), ("outcome", o)],
                 )
             })
-            .sum();
-        if failures > 0.0 {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(failures, 1.0);
+            .sum()
+    };
+    let text = metrics_until(&gw, |t| failures(t) > 0.0).await;
+    assert_eq!(failures(&text), 1.0);
     gw.stop(true).await;
 }
 
@@ -200,20 +195,13 @@ async fn invalid_json_events_are_skipped_and_counted() {
     assert_openai_stream(&s, false);
     assert_eq!(s.content(), "Still fine.");
     assert!(!s.raw.contains("not json"));
-    eventually(|| true).await;
-    let mut counted = 0.0;
-    for _ in 0..100 {
-        counted = metric(
-            &gw,
-            "gateway_stream_invalid_events_total",
-            &[("deployment", "first")],
-        )
-        .await;
-        if counted > 0.0 {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let counted = metric_until(
+        &gw,
+        "gateway_stream_invalid_events_total",
+        &[("deployment", "first")],
+        1.0,
+    )
+    .await;
     assert_eq!(counted, 1.0);
     gw.stop(true).await;
 }

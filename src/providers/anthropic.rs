@@ -976,7 +976,6 @@ impl StreamTranslator {
 mod tests {
     use super::*;
     use crate::providers::request::ChatBody;
-    use crate::providers::sse::SseDecoder;
     use bytes::Bytes;
     use serde_json::{json, Value};
 
@@ -1183,29 +1182,15 @@ mod tests {
     ) -> (
         Vec<Value>,
         Vec<Progress>,
-        StreamTranslator,
+        crate::providers::StreamTranslator,
         Result<(), UpstreamError>,
     ) {
-        let mut t = StreamTranslator::new(include_usage, 1735689603);
-        let mut d = SseDecoder::new();
-        d.feed(input.as_bytes());
-        let mut out = BytesMut::new();
-        let mut progress = Vec::new();
-        let mut result = Ok(());
-        while let Some(ev) = d.next_event().expect("small") {
-            match t.on_event(&ev, &mut out) {
-                Ok(p) => progress.push(p),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if result.is_ok() {
-            result = t.on_eof(&mut out);
-        }
-        let chunks = std::str::from_utf8(&out)
-            .expect("utf8")
+        let mut t = crate::providers::StreamTranslator::Anthropic(StreamTranslator::new(
+            include_usage,
+            1735689603,
+        ));
+        let (out, progress, end) = crate::providers::test_support::feed(&mut t, input);
+        let chunks = out
             .split("\n\n")
             .filter(|s| !s.is_empty())
             .map(|s| {
@@ -1217,7 +1202,7 @@ mod tests {
                 }
             })
             .collect();
-        (chunks, progress, t, result)
+        (chunks, progress, t, end)
     }
 
     const STREAM_9_2: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01GwVecAnth0002\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5-20250929\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":21,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lo.\"}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":4}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";

@@ -281,6 +281,40 @@ pub fn parse_retry_after(
     )
 }
 
+/// Test helper shared by the provider modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use sse::SseDecoder;
+
+    /// Feeds `input` through `t` as one read, then closes the stream: the client-facing
+    /// output, the progress of each event, and how the stream ended.
+    pub fn feed(
+        t: &mut StreamTranslator,
+        input: &str,
+    ) -> (String, Vec<Progress>, Result<(), UpstreamError>) {
+        let mut d = SseDecoder::new();
+        d.feed(input.as_bytes());
+        let mut out = BytesMut::new();
+        let mut progress = Vec::new();
+        let mut end = Ok(());
+        while let Some(ev) = d.next_event().expect("test events are small") {
+            match t.on_event(&ev, &mut out) {
+                Ok(p) => progress.push(p),
+                Err(e) => {
+                    end = Err(e);
+                    break;
+                }
+            }
+        }
+        if end.is_ok() {
+            end = t.on_eof(&mut out);
+        }
+        let text = String::from_utf8(out.to_vec()).expect("output is UTF-8");
+        (text, progress, end)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -414,7 +414,7 @@ fn in_band_error(raw: &[u8]) -> UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::sse::SseDecoder;
+    use crate::providers::StreamTranslator;
     use serde_json::{json, Value};
 
     fn body(s: &str) -> ChatBody {
@@ -563,32 +563,21 @@ mod tests {
     }
 
     fn relay_all(
-        relay: &mut Relay,
+        relay: &mut StreamTranslator,
         input: &str,
     ) -> (String, Vec<Progress>, Result<(), UpstreamError>) {
-        let mut d = SseDecoder::new();
-        d.feed(input.as_bytes());
-        let mut out = BytesMut::new();
-        let mut progress = Vec::new();
-        while let Some(ev) = d.next_event().expect("small") {
-            match relay.on_event(&ev, &mut out) {
-                Ok(p) => progress.push(p),
-                Err(e) => return (String::from_utf8_lossy(&out).into_owned(), progress, Err(e)),
-            }
-        }
-        let end = if relay.is_done() {
-            Ok(())
-        } else {
-            relay.on_eof(&mut out)
-        };
-        (String::from_utf8_lossy(&out).into_owned(), progress, end)
+        crate::providers::test_support::feed(relay, input)
+    }
+
+    fn new_relay(include_usage: bool) -> StreamTranslator {
+        StreamTranslator::OpenAi(Relay::new(include_usage))
     }
 
     const VECTOR_9_1_STREAM: &str = "data: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_GwVecTool0001\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":62,\"completion_tokens\":15,\"total_tokens\":77,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\ndata: [DONE]\n\n";
 
     #[test]
     fn the_9_1_stream_is_relayed_byte_for_byte_when_usage_was_asked() {
-        let mut relay = Relay::new(true);
+        let mut relay = new_relay(true);
         let (out, progress, end) = relay_all(&mut relay, VECTOR_9_1_STREAM);
         assert!(end.is_ok());
         assert_eq!(out, VECTOR_9_1_STREAM);
@@ -603,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_usage_chunk_is_dropped_when_the_client_did_not_ask() {
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (out, _, end) = relay_all(&mut relay, VECTOR_9_1_STREAM);
         assert!(end.is_ok());
         assert!(!out.contains("\"choices\":[]"));
@@ -617,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_role_chunk_is_not_meaningful_but_content_is() {
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (_, progress, _) = relay_all(
             &mut relay,
             "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
@@ -628,20 +617,20 @@ mod tests {
 
     #[test]
     fn a_close_before_the_finish_is_a_truncation_and_a_missing_done_is_tolerated() {
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (_, _, end) = relay_all(
             &mut relay,
             "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
         );
         assert_eq!(end.map_err(|e| e.class), Err(ErrorClass::ServerError));
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (out, _, end) = relay_all(
             &mut relay,
             "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n",
         );
         assert!(end.is_ok());
         assert!(out.ends_with("data: [DONE]\n\n"));
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (_, _, end) = relay_all(
             &mut relay,
             "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n",
@@ -651,7 +640,7 @@ mod tests {
 
     #[test]
     fn invalid_json_events_are_skipped_and_counted() {
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (out, _, end) = relay_all(
             &mut relay,
             "data: {not json\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
@@ -663,13 +652,13 @@ mod tests {
 
     #[test]
     fn in_band_errors_are_classified() {
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (_, _, end) = relay_all(
             &mut relay,
             "data: {\"error\":{\"message\":\"The server is overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}\n\n",
         );
         assert_eq!(end.map_err(|e| e.class), Err(ErrorClass::Overloaded));
-        let mut relay = Relay::new(false);
+        let mut relay = new_relay(false);
         let (_, _, end) = relay_all(
             &mut relay,
             "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\",\"metadata\":{}}}\n\n",

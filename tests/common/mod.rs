@@ -397,6 +397,27 @@ pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Polls `/metrics` until `done(text)` holds (effects such as a stream's outcome reach the
+/// deployment actor asynchronously), up to 5 s; returns the last text either way, so the
+/// caller's assertion reports what was there.
+pub async fn metrics_until<F: Fn(&str) -> bool>(gw: &Gateway, done: F) -> String {
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = metrics_text(gw).await;
+        if done(&text) {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    text
+}
+
+/// One series' value once it equals `want` (or its last value after 5 s).
+pub async fn metric_until(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let text = metrics_until(gw, |t| metric_in(t, name, labels) == want).await;
+    metric_in(&text, name, labels)
+}
+
 /// Polls until `f` holds, up to 5 s of real time (for effects that land asynchronously, such
 /// as a stream's outcome reaching its deployment actor).
 pub async fn eventually<F: FnMut() -> bool>(mut f: F) {
