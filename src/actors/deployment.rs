@@ -251,6 +251,10 @@ impl DeploymentActor {
                 .stats
                 .latency_quantile_us(0.99)
                 .map(|us| us as f64 / 1000.0),
+            ttft_p99_ms: self
+                .stats
+                .ttft_quantile_us(0.99)
+                .map(|us| us as f64 / 1000.0),
         }
     }
 }
@@ -368,6 +372,7 @@ pub struct Snapshot {
     pub ttft_ewma_ms: Option<f64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
 }
 
 impl Snapshot {
@@ -389,6 +394,7 @@ impl Snapshot {
             ttft_ewma_ms: None,
             latency_p50_ms: None,
             latency_p99_ms: None,
+            ttft_p99_ms: None,
         }
     }
 }

@@ -69,14 +69,6 @@ impl Registry {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// The current address of a deployment's actor.
     pub fn addr(&self, deployment: usize) -> Arc<Addr<DeploymentActor>> {
         self.slots[deployment].addr.load_full()

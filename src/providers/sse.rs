@@ -17,12 +17,6 @@ pub struct SseEvent {
     pub data: Bytes,
 }
 
-impl SseEvent {
-    pub fn event_name(&self) -> &[u8] {
-        &self.event
-    }
-}
-
 /// Upper bound on one event's size; an upstream that never ends an event must not exhaust memory.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
