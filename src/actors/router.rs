@@ -147,19 +147,18 @@ impl Permit {
         ttft: Option<Duration>,
         retry_after: Option<Duration>,
     ) {
-        if outcome == Outcome::ProbeCommitted {
-            return self.probe_committed();
-        }
+        let slot = match outcome {
+            // Not the attempt's end: the breaker's verdict on a probe, sent early.
+            Outcome::ProbeCommitted => return self.probe_committed(),
+            Outcome::Success => OUTCOME_SUCCESS,
+            Outcome::Failure(class) => class.index(),
+            Outcome::Cancelled => OUTCOME_CANCELLED,
+        };
         if self.reported {
             return;
         }
         self.reported = true;
         let m = &self.metrics.deployments[self.deployment];
-        let slot = match outcome {
-            Outcome::Success => OUTCOME_SUCCESS,
-            Outcome::Failure(class) => class.index(),
-            Outcome::Cancelled | Outcome::ProbeCommitted => OUTCOME_CANCELLED,
-        };
         m.attempts[slot].increment(1);
         let msg = ReportOutcome {
             outcome,

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::oai::{ChunkWriter, Completion, Delta, ToolCallDelta, ToolCallOut, Usage};
 use super::request::{ChatRequest, Content, Part, Role, ToolChoice};
 use super::sse::SseEvent;
-use super::{is_context_window_message, truncate_message, Progress, TranslateError};
+use super::{is_context_window_message, status_error, truncate_message, Progress, TranslateError};
 use crate::error::{ErrorClass, UpstreamError};
 
 // === request ===
@@ -599,18 +599,7 @@ pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -
         (400..=499, _) => ErrorClass::BadRequest,
         _ => ErrorClass::ServerError,
     };
-    let message = match class {
-        ErrorClass::UpstreamAuth => {
-            format!("the upstream rejected the gateway's credentials or model (HTTP {status})")
-        }
-        _ if message.is_empty() => format!("upstream returned HTTP {status}"),
-        _ => truncate_message(&message),
-    };
-    let code = (!kind.is_empty() && kind.len() <= 64).then_some(kind);
-    UpstreamError::new(class, message)
-        .with_status(status)
-        .with_code(code)
-        .with_retry_after(retry_after)
+    status_error(class, status, &message, Some(kind), retry_after)
 }
 
 // === stream ===
@@ -952,7 +941,7 @@ impl StreamTranslator {
                 } else {
                     truncate_message(&error.message)
                 };
-                let code = (!error.kind.is_empty()).then(|| error.kind.into_owned());
+                let code = Some(error.kind.into_owned()).filter(|k| super::is_identifier(k));
                 return Err(UpstreamError::new(class, message).with_code(code));
             }
         }
@@ -1160,6 +1149,12 @@ mod tests {
         assert_eq!(
             classify_error(401, None, auth).class,
             ErrorClass::UpstreamAuth
+        );
+        assert!(
+            !classify_error(401, None, auth)
+                .message
+                .contains("x-api-key"),
+            "auth failures are described in our words, not the provider's"
         );
         let billing = br#"{"type":"error","error":{"type":"billing_error","message":"no credit"}}"#;
         assert_eq!(

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::Deployment;
-use crate::error::UpstreamError;
+use crate::error::{ErrorClass, UpstreamError};
 use oai::Usage;
 use request::{ChatBody, ChatRequest};
 use sse::SseEvent;
@@ -244,6 +244,37 @@ pub fn is_context_window_message(message: &str) -> bool {
     ];
     let lower = message.to_ascii_lowercase();
     !lower.contains("string_above_max_length") && NEEDLES.iter().any(|n| lower.contains(n))
+}
+
+/// The classified error of a non-2xx response. For auth failures the provider's text is replaced
+/// by ours (it may quote our key); other messages are cut to a sane length; the provider's code
+/// is kept only when it is a plain identifier.
+pub(crate) fn status_error(
+    class: ErrorClass,
+    status: u16,
+    message: &str,
+    code: Option<String>,
+    retry_after: Option<Duration>,
+) -> UpstreamError {
+    let message = match class {
+        ErrorClass::UpstreamAuth => {
+            format!("the upstream rejected the gateway's credentials or model (HTTP {status})")
+        }
+        _ if message.is_empty() => format!("upstream returned HTTP {status}"),
+        _ => truncate_message(message),
+    };
+    UpstreamError::new(class, message)
+        .with_status(status)
+        .with_code(code.filter(|c| is_identifier(c)))
+        .with_retry_after(retry_after)
+}
+
+/// A provider error code worth passing on: `context_length_exceeded`, not free text.
+pub(crate) fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Upstream messages shown to clients are cut to a sane length.

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use super::oai::{self, Usage};
 use super::request::{ChatBody, KeyText, Known};
 use super::sse::SseEvent;
-use super::{is_context_window_message, truncate_message, Progress};
+use super::{is_context_window_message, is_identifier, status_error, truncate_message, Progress};
 use crate::error::{ErrorClass, UpstreamError};
 
 /// Builds the upstream body from the client's, without re-parsing the messages.
@@ -185,13 +185,6 @@ fn read_error(body: &[u8]) -> (String, Option<String>, Option<String>, Option<i6
     )
 }
 
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-}
-
 /// Classifies a non-2xx response from an OpenAI-shaped upstream.
 pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -> UpstreamError {
     let (message, kind, code, _) = read_error(body);
@@ -217,18 +210,7 @@ pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -
         400..=499 => ErrorClass::BadRequest,
         _ => ErrorClass::ServerError,
     };
-    let message = match class {
-        // The provider's text may quote our key; say it in our own words.
-        ErrorClass::UpstreamAuth => {
-            format!("the upstream rejected the gateway's credentials or model (HTTP {status})")
-        }
-        _ if message.is_empty() => format!("upstream returned HTTP {status}"),
-        _ => truncate_message(&message),
-    };
-    UpstreamError::new(class, message)
-        .with_status(status)
-        .with_code(code.filter(|c| is_identifier(c)))
-        .with_retry_after(retry_after)
+    status_error(class, status, &message, code, retry_after)
 }
 
 /// Relays an OpenAI-shaped SSE stream: events pass through byte for byte, except the usage chunk
