@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use switchyard::actors::board::Admit;
 
 #[actix_web::test]
 async fn weighted_shuffle_splits_traffic_by_weight_within_tolerance() {
@@ -198,6 +199,9 @@ async fn retry_after_is_honoured_before_retrying_the_same_deployment() {
         (resp.status().as_u16(), attempts, resp.body().await.unwrap())
     });
     eventually(|| mock.request_count("") == 1).await;
+    // The actor has taken the 429 in (the clock must not move before, or its cooldown would
+    // end a second after the router's wait).
+    eventually(|| gw.registry().board(0).published().admit != Admit::Free).await;
     // One virtual second: still inside the Retry-After, so no second call.
     clock.advance(Duration::from_secs(1));
     actix_web::rt::time::sleep(Duration::from_millis(100)).await;

@@ -1,20 +1,18 @@
-//! `DeploymentActor`: the single owner of one deployment's state — its rpm limiter (governor),
-//! circuit breaker, cooldown, latency/TTFT statistics and in-flight count. It answers `GetBid`
-//! (may I send you a request, on what terms), `Reserve` (take a permit), `ReportOutcome` (how the
-//! attempt went) and `GetSnapshot` (for `/health/ready`). Every answer is computed from the state
-//! it holds, O(1), with no I/O: upstream calls happen on the HTTP worker threads, never here.
+//! `DeploymentActor`: the single owner of one deployment's state — its circuit breaker, cooldown,
+//! latency/TTFT statistics, and the [`Board`] on which it publishes its bid (with the rpm limiter
+//! (governor) and in-flight count routers take permits from). It answers `Reserve` (take a permit
+//! when the published bid says "ask me"), `ReportOutcome` (how the attempt went) and
+//! `GetSnapshot` (for `/health/ready`). Every answer is computed from the state it holds, O(1),
+//! with no I/O: upstream calls happen on the HTTP worker threads, never here.
 //!
 //! Time-driven transitions (breaker open -> half-open, cooldown over) are derived from timestamps
-//! when a message arrives; the one timer only refreshes the breaker gauge.
+//! when a message arrives; a published decline carries its end, after which routers ask again.
+//! A one-second timer republishes and refreshes the breaker gauge as a backstop.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -23,8 +21,14 @@ use crate::config::{Config, Deployment};
 use crate::error::ErrorClass;
 use crate::metrics::Metrics;
 use crate::policy::breaker::{Admission, Breaker, BreakerState, ProbeTicket};
-use crate::policy::scoring::{Bid, Decline};
+use crate::policy::scoring::Decline;
 use crate::policy::stats::LatencyStats;
+
+use super::board::{Admit, Board, Published};
+
+/// Latency statistics are republished at least every this many outcomes (state changes are
+/// published at once).
+const STATS_PUBLISH_EVERY: u32 = 32;
 
 /// Mailbox bound. Outcomes are sent with `try_send`; when full they are dropped and counted,
 /// so a stuck actor cannot make request handling wait.
@@ -43,20 +47,18 @@ pub fn rate_limit_cooldown(retry_after: Option<Duration>, default: Duration) -> 
     }
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Duration>>;
-
 pub struct DeploymentActor {
     dep: Arc<Deployment>,
     config: Arc<Config>,
     clock: Clock,
     metrics: Arc<Metrics>,
-    /// Shared with permits: incremented here on `Reserve`, decremented when a permit drops.
-    in_flight: Arc<AtomicU32>,
-    limiter: Option<Limiter>,
+    /// Published bid, in-flight count and rpm limiter; survives restarts and respawns.
+    board: Arc<Board>,
+    /// What was last published, and outcomes since.
+    published: Admit,
+    unpublished_outcomes: u32,
     breaker: Breaker,
     breaker_state: BreakerState,
-    /// The governor refused until then; bids decline without asking it again.
-    rate_limited_until: Option<Instant>,
     /// After an upstream 429 (short) or a quota/auth failure (long).
     cooldown: Option<(Instant, bool)>,
     stats: LatencyStats,
@@ -70,22 +72,19 @@ impl DeploymentActor {
         config: Arc<Config>,
         clock: Clock,
         metrics: Arc<Metrics>,
-        in_flight: Arc<AtomicU32>,
+        board: Arc<Board>,
     ) -> Self {
-        let limiter = dep
-            .rpm
-            .map(|rpm| RateLimiter::direct_with_clock(Quota::per_minute(rpm), clock.clone()));
         let breaker = Breaker::new(config.breaker);
         DeploymentActor {
             dep,
             config,
             clock,
             metrics,
-            in_flight,
-            limiter,
+            board,
+            published: Admit::Free,
+            unpublished_outcomes: 0,
             breaker,
             breaker_state: BreakerState::Closed,
-            rate_limited_until: None,
             cooldown: None,
             stats: LatencyStats::default(),
             successes: 0,
@@ -119,59 +118,52 @@ impl DeploymentActor {
                 until: self.breaker.open_until(now),
             });
         }
-        if let Some(max) = self.dep.max_concurrency {
-            if self.in_flight.load(Ordering::Relaxed) >= max {
-                return Some(Decline::AtCapacity);
-            }
-        }
-        if let Some(until) = self.rate_limited_until {
-            if now < until {
-                return Some(Decline::RateLimited { until });
-            }
-            self.rate_limited_until = None;
-        }
         None
     }
 
-    fn bid(&mut self) -> Bid {
-        let now = self.clock.now();
-        let decline = self.decline(now);
+    /// Publishes the bid routers read: at once when the admission state changed (`force` for
+    /// statistics too), otherwise the statistics every `STATS_PUBLISH_EVERY` outcomes.
+    fn publish(&mut self, now: Instant, force: bool) {
+        let admit = match self.decline(now) {
+            Some(d) => Admit::Declined(d),
+            None if self.breaker.state(now) == BreakerState::Closed => Admit::Free,
+            None => Admit::Ask,
+        };
         self.sync_breaker_gauge(now);
-        Bid {
-            deployment: self.dep.index,
-            decline,
-            weight: self.dep.weight,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+        if !force && admit == self.published && self.unpublished_outcomes < STATS_PUBLISH_EVERY {
+            return;
+        }
+        self.published = admit;
+        self.unpublished_outcomes = 0;
+        self.board.publish(Published {
+            admit,
             latency_us: self.stats.latency.get(),
             ttft_us: self.stats.ttft.get(),
-        }
+        });
     }
 
+    /// On `Ok` the caller owns one unit of the board's in-flight count.
     fn reserve(&mut self) -> Result<Grant, Decline> {
         let now = self.clock.now();
+        let result = self.try_reserve(now);
+        self.publish(now, false);
+        result
+    }
+
+    fn try_reserve(&mut self, now: Instant) -> Result<Grant, Decline> {
         if let Some(d) = self.decline(now) {
             return Err(d);
         }
-        if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check() {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
-                let until = now + wait;
-                self.rate_limited_until = Some(until);
-                return Err(Decline::RateLimited { until });
-            }
-        }
-        let probe = match self.breaker.admit(now) {
-            Admission::Admit => None,
-            Admission::Probe(t) => Some(t),
+        self.board.try_take()?;
+        match self.breaker.admit(now) {
+            Admission::Admit => Ok(Grant { probe: None }),
+            Admission::Probe(t) => Ok(Grant { probe: Some(t) }),
             Admission::Reject { until } => {
                 // `decline` said it would admit; only a race with time can land here.
-                return Err(Decline::BreakerOpen { until });
+                self.board.release();
+                Err(Decline::BreakerOpen { until })
             }
-        };
-        self.sync_breaker_gauge(now);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.dep_metrics().in_flight.increment(1.0);
-        Ok(Grant { probe })
+        }
     }
 
     fn outcome(&mut self, o: ReportOutcome) {
@@ -212,7 +204,8 @@ impl DeploymentActor {
                 self.breaker.on_success(now, o.probe);
             }
         }
-        self.sync_breaker_gauge(now);
+        self.unpublished_outcomes += 1;
+        self.publish(now, false);
     }
 
     fn cool(&mut self, until: Instant, long: bool) {
@@ -238,7 +231,7 @@ impl DeploymentActor {
             breaker: breaker.as_str(),
             consecutive_failures: self.breaker.consecutive_failures(),
             retry_in_ms: ms_until(decline.and_then(|d| d.until())),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: self.board.in_flight(),
             successes: self.successes,
             failures: self.failures,
             latency_ewma_ms: self.stats.latency.get().map(|us| us / 1000.0),
@@ -264,10 +257,13 @@ impl Actor for DeploymentActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        // Backstop only: every message already derives the breaker state from timestamps.
+        let now = self.clock.now();
+        self.publish(now, true);
+        // Backstop only: every message already derives the breaker state from timestamps, and
+        // published declines carry their end.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             let now = act.clock.now();
-            act.sync_breaker_gauge(now);
+            act.publish(now, true);
         });
     }
 }
@@ -282,27 +278,17 @@ impl Supervised for DeploymentActor {
         self.dep_metrics()
             .breaker_state
             .set(BreakerState::Closed.gauge());
-        self.rate_limited_until = None;
         self.cooldown = None;
         self.stats = LatencyStats::default();
+        let now = self.clock.now();
+        self.publish(now, true);
     }
 }
 
 // === messages ===
 
-/// Could you take a request now, and on what terms?
-#[derive(Message)]
-#[rtype(result = "Bid")]
-pub struct GetBid;
-
-impl Handler<GetBid> for DeploymentActor {
-    type Result = MessageResult<GetBid>;
-    fn handle(&mut self, _: GetBid, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.bid())
-    }
-}
-
 /// Take a permit for one attempt (counts against rpm, concurrency and, when half-open, probes).
+/// Routers send it only when the published bid says to ask (`board::Path::Actor`).
 #[derive(Message)]
 #[rtype(result = "Result<Grant, Decline>")]
 pub struct Reserve;

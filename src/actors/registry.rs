@@ -1,8 +1,8 @@
 //! The registry starts one supervised `DeploymentActor` per deployment on dedicated arbiters,
 //! hands out their addresses, and respawns an actor whose mailbox closed (actix does not restart
-//! an actor that panicked). Addresses are read lock-free (`ArcSwap`) on every request.
+//! an actor that panicked). Addresses and published bids ([`Board`]) are read lock-free on every
+//! request; a respawned actor takes over the same board.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use actix::Supervisor;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::board::Board;
 use super::deployment::DeploymentActor;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -22,7 +23,7 @@ const RESPAWN_MAX: Duration = Duration::from_secs(10);
 
 struct Slot {
     addr: ArcSwap<Addr<DeploymentActor>>,
-    in_flight: Arc<AtomicU32>,
+    board: Arc<Board>,
     respawn: Mutex<RespawnState>,
 }
 
@@ -50,12 +51,12 @@ impl Registry {
             .deployments
             .iter()
             .map(|dep| {
-                let in_flight = Arc::new(AtomicU32::new(0));
+                let board = Arc::new(Board::new(dep, clock.clone()));
                 let arbiter = arbiters[dep.index % arbiters.len()].handle();
-                let addr = spawn(&arbiter, &config, dep.index, &clock, &metrics, &in_flight);
+                let addr = spawn(&arbiter, &config, dep.index, &clock, &metrics, &board);
                 Slot {
                     addr: ArcSwap::from_pointee(addr),
-                    in_flight,
+                    board,
                     respawn: Mutex::new(RespawnState::default()),
                 }
             })
@@ -69,13 +70,36 @@ impl Registry {
         })
     }
 
+    /// Number of deployments.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// The current address of a deployment's actor.
     pub fn addr(&self, deployment: usize) -> Arc<Addr<DeploymentActor>> {
         self.slots[deployment].addr.load_full()
     }
 
-    pub fn in_flight(&self, deployment: usize) -> &Arc<AtomicU32> {
-        &self.slots[deployment].in_flight
+    /// Whether the deployment's actor is running; a closed mailbox triggers a respawn (subject
+    /// to its backoff) and reads as not running.
+    pub fn alive(&self, deployment: usize) -> bool {
+        if self.slots[deployment].addr.load().connected() {
+            return true;
+        }
+        self.metrics.deployments[deployment]
+            .actor_closed
+            .increment(1);
+        self.respawn(deployment);
+        false
+    }
+
+    /// The deployment's published bid and permit counters.
+    pub fn board(&self, deployment: usize) -> &Arc<Board> {
+        &self.slots[deployment].board
     }
 
     /// Called when a message found the actor's mailbox closed: starts a fresh actor from config,
@@ -112,7 +136,7 @@ impl Registry {
             deployment,
             &self.clock,
             &self.metrics,
-            &slot.in_flight,
+            &slot.board,
         );
         slot.addr.store(Arc::new(addr));
         self.metrics.deployments[deployment].respawns.increment(1);
@@ -135,16 +159,16 @@ fn spawn(
     deployment: usize,
     clock: &Clock,
     metrics: &Arc<Metrics>,
-    in_flight: &Arc<AtomicU32>,
+    board: &Arc<Board>,
 ) -> Addr<DeploymentActor> {
     let dep = config.deployments[deployment].clone();
-    let (config, clock, metrics, in_flight) = (
+    let (config, clock, metrics, board) = (
         config.clone(),
         clock.clone(),
         metrics.clone(),
-        in_flight.clone(),
+        board.clone(),
     );
     Supervisor::start_in_arbiter(arbiter, move |_| {
-        DeploymentActor::new(dep, config, clock, metrics, in_flight)
+        DeploymentActor::new(dep, config, clock, metrics, board)
     })
 }

@@ -3,9 +3,10 @@
 //! plan:
 //!
 //! 1. resolve the model group (404 if none serves the model);
-//! 2. ask the group's deployment actors for bids, order the available ones with the group's
-//!    strategy (a pure function in `policy::scoring`);
-//! 3. reserve a permit on the first, call the upstream, report the outcome;
+//! 2. read the bids the group's deployment actors published (`board`), order the available
+//!    ones with the group's strategy (a pure function in `policy::scoring`);
+//! 3. take a permit on the first (directly when its actor published "free", else with a
+//!    `Reserve` message), call the upstream, report the outcome to the actor;
 //! 4. on failure, per the error class: another deployment of the group at once; the same one
 //!    again only after backoff or Retry-After, if the wait fits `max_retry_wait` and the deadline
 //!    and retries remain; then the fallback groups in order (one pass each, no waiting);
@@ -14,18 +15,17 @@
 //!    with an error event.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::board::{Board, Path};
 use super::deployment::{
-    rate_limit_cooldown, DeploymentActor, GetBid, Grant, Outcome, ReportOutcome, Reserve,
+    rate_limit_cooldown, DeploymentActor, Grant, Outcome, ReportOutcome, Reserve,
 };
 use super::registry::Registry;
 use crate::clock::Clock;
@@ -134,7 +134,7 @@ struct Permit {
     deployment: usize,
     addr: Arc<Addr<DeploymentActor>>,
     probe: Option<ProbeTicket>,
-    in_flight: Arc<AtomicU32>,
+    board: Arc<Board>,
     metrics: Arc<Metrics>,
     reported: bool,
 }
@@ -210,8 +210,8 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.report(Outcome::Cancelled, Duration::ZERO, None, None);
-        // INVARIANT: `Reserve` incremented these exactly once for this permit.
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // INVARIANT: the permit was created holding exactly one unit of in-flight.
+        self.board.release();
         self.metrics.deployments[self.deployment]
             .in_flight
             .decrement(1.0);
@@ -357,19 +357,29 @@ impl RouterCore {
                 st.deadline_hit = true;
                 return GroupEnd::Exhausted;
             }
-            let bids = self.collect_bids(deployments).await;
             let now = self.clock.now();
-            let mut candidates: Vec<Bid> = Vec::with_capacity(bids.len());
-            for b in bids {
-                if failed.iter().any(|(d, _)| *d == b.deployment) {
+            let mut candidates: Vec<Bid> = Vec::with_capacity(deployments.len());
+            let mut paths: Vec<(usize, Path)> = Vec::with_capacity(deployments.len());
+            for &d in deployments {
+                if failed.iter().any(|(f, _)| *f == d) {
                     continue;
                 }
+                if !self.registry.alive(d) {
+                    // Its published bid died with it; the fresh actor publishes anew.
+                    self.metrics.deployments[d].decline(Decline::Unavailable.as_str());
+                    st.note_decline(d, &Decline::Unavailable, now);
+                    continue;
+                }
+                let (b, path) = self.registry.board(d).bid(d, now);
                 match &b.decline {
                     Some(d) => {
                         self.metrics.deployments[b.deployment].decline(d.as_str());
                         st.note_decline(b.deployment, d, now);
                     }
-                    None => candidates.push(b),
+                    None => {
+                        paths.push((d, path));
+                        candidates.push(b);
+                    }
                 }
             }
             let order = self
@@ -389,7 +399,11 @@ impl RouterCore {
                         continue;
                     }
                 };
-                let permit = match self.reserve(dep).await {
+                let path = paths
+                    .iter()
+                    .find(|(d, _)| *d == dep)
+                    .map_or(Path::Actor, |&(_, p)| p);
+                let permit = match self.reserve(dep, path).await {
                     Ok(p) => p,
                     Err(d) => {
                         self.metrics.deployments[dep].decline(d.as_str());
@@ -568,33 +582,6 @@ impl RouterCore {
         }
     }
 
-    /// Asks every deployment of a group for a bid, concurrently.
-    async fn collect_bids(&self, deployments: &[usize]) -> Vec<Bid> {
-        let timeout = self.config.router.mailbox_timeout;
-        let asks = deployments.iter().map(|&d| {
-            let addr = self.registry.addr(d);
-            async move { (d, addr.send(GetBid).timeout(timeout).await) }
-        });
-        join_all(asks)
-            .await
-            .into_iter()
-            .map(|(d, r)| match r {
-                Ok(bid) => bid,
-                Err(e) => {
-                    self.mailbox_failed(d, e);
-                    Bid {
-                        deployment: d,
-                        decline: Some(Decline::Unavailable),
-                        weight: self.config.deployments[d].weight,
-                        in_flight: 0,
-                        latency_us: None,
-                        ttft_us: None,
-                    }
-                }
-            })
-            .collect()
-    }
-
     fn mailbox_failed(&self, d: usize, e: MailboxError) {
         let m = &self.metrics.deployments[d];
         match e {
@@ -606,27 +593,40 @@ impl RouterCore {
         }
     }
 
-    async fn reserve(&self, dep: usize) -> Result<Permit, Decline> {
-        let addr = self.registry.addr(dep);
-        match addr
-            .send(Reserve)
-            .timeout(self.config.router.mailbox_timeout)
-            .await
-        {
-            Ok(Ok(Grant { probe })) => Ok(Permit {
-                deployment: dep,
-                addr,
-                probe,
-                in_flight: self.registry.in_flight(dep).clone(),
-                metrics: self.metrics.clone(),
-                reported: false,
-            }),
-            Ok(Err(d)) => Err(d),
-            Err(e) => {
-                self.mailbox_failed(dep, e);
-                Err(Decline::Unavailable)
+    /// Takes a permit: from the board when the actor published "free", else from the actor.
+    async fn reserve(&self, dep: usize, path: Path) -> Result<Permit, Decline> {
+        let board = self.registry.board(dep);
+        let probe = match path {
+            Path::Direct => {
+                board.try_take()?;
+                None
             }
-        }
+            Path::Actor => {
+                match self
+                    .registry
+                    .addr(dep)
+                    .send(Reserve)
+                    .timeout(self.config.router.mailbox_timeout)
+                    .await
+                {
+                    Ok(Ok(Grant { probe })) => probe,
+                    Ok(Err(d)) => return Err(d),
+                    Err(e) => {
+                        self.mailbox_failed(dep, e);
+                        return Err(Decline::Unavailable);
+                    }
+                }
+            }
+        };
+        self.metrics.deployments[dep].in_flight.increment(1.0);
+        Ok(Permit {
+            deployment: dep,
+            addr: self.registry.addr(dep),
+            probe,
+            board: board.clone(),
+            metrics: self.metrics.clone(),
+            reported: false,
+        })
     }
 
     /// Real-time deadline for I/O: the attempt's own limit, inside the overall deadline.

@@ -95,6 +95,21 @@ impl Answer {
     }
 }
 
+/// Waits until every deployment actor has handled the messages sent to it so far (outcomes are
+/// fire-and-forget): a message round trip through each mailbox, which is FIFO. The request
+/// helpers below call it after each answer, so a test's next step (a clock advance, the next
+/// request) sees the state those outcomes produced — in production that lag is microseconds.
+pub async fn settle(gw: &Gateway) {
+    let registry = gw.registry();
+    for d in 0..registry.len() {
+        // A dead actor has nothing left to handle.
+        let _ = registry
+            .addr(d)
+            .send(switchyard::actors::deployment::GetSnapshot)
+            .await;
+    }
+}
+
 /// POSTs a JSON body to the gateway's chat endpoint; returns status, headers and JSON body.
 pub async fn chat(gw: &Gateway, body: &Value) -> Answer {
     chat_raw(gw, serde_json::to_vec(body).unwrap(), &[]).await
@@ -117,6 +132,7 @@ pub async fn chat_raw(gw: &Gateway, body: Vec<u8>, headers: &[(&str, &str)]) -> 
             String::from_utf8_lossy(&bytes)
         )
     });
+    settle(gw).await;
     Answer {
         status,
         headers,
@@ -196,6 +212,7 @@ pub async fn chat_stream(gw: &Gateway, body: &Value) -> StreamReply {
         }
     }
     let raw = String::from_utf8(raw).expect("utf8 stream");
+    settle(gw).await;
     let events = if status == 200 {
         parse_sse(&raw)
     } else {
