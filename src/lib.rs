@@ -35,7 +35,7 @@ use actix::Actor;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 
 use actors::registry::Registry;
-use actors::router::{RouterActor, RouterCore};
+use actors::router::{Outbox, RouterActor, RouterCore};
 use clock::Clock;
 use config::Config;
 use metrics::Metrics;
@@ -101,6 +101,7 @@ impl Gateway {
                     client: upstream::build_client(&config.router),
                     metrics: metrics.clone(),
                     clock: clock.clone(),
+                    outbox: Outbox::new(registry.clone(), metrics.clone()),
                 })
                 .start();
                 App::new()

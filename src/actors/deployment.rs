@@ -1,7 +1,7 @@
 //! `DeploymentActor`: the single owner of one deployment's state — its circuit breaker, cooldown,
 //! latency/TTFT statistics, and the [`Board`] on which it publishes its bid (with the rpm limiter
 //! (governor) and in-flight count routers take permits from). It answers `Reserve` (take a permit
-//! when the published bid says "ask me"), `ReportOutcome` (how the attempt went) and
+//! when the published bid says "ask me"), `ReportOutcomes` (how attempts went) and
 //! `GetSnapshot` (for `/health/ready`). Every answer is computed from the state it holds, O(1),
 //! with no I/O: upstream calls happen on the HTTP worker threads, never here.
 //!
@@ -166,8 +166,8 @@ impl DeploymentActor {
         }
     }
 
-    fn outcome(&mut self, o: ReportOutcome) {
-        let now = self.clock.now();
+    /// Applies one outcome; the caller publishes.
+    fn outcome(&mut self, now: Instant, o: ReportOutcome) {
         match o.outcome {
             Outcome::Success => {
                 self.successes += 1;
@@ -205,7 +205,6 @@ impl DeploymentActor {
             }
         }
         self.unpublished_outcomes += 1;
-        self.publish(now, false);
     }
 
     fn cool(&mut self, until: Instant, long: bool) {
@@ -318,9 +317,8 @@ pub enum Outcome {
     ProbeCommitted,
 }
 
-/// How an attempt went. Fire and forget (`try_send`).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
+/// How an attempt went.
+#[derive(Debug)]
 pub struct ReportOutcome {
     pub outcome: Outcome,
     pub probe: Option<ProbeTicket>,
@@ -329,10 +327,20 @@ pub struct ReportOutcome {
     pub retry_after: Option<Duration>,
 }
 
-impl Handler<ReportOutcome> for DeploymentActor {
+/// Outcomes of attempts, in the order one router saw them. Fire and forget (`try_send`); a
+/// router batches what finished during one turn of its event loop into one message.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReportOutcomes(pub Vec<ReportOutcome>);
+
+impl Handler<ReportOutcomes> for DeploymentActor {
     type Result = ();
-    fn handle(&mut self, msg: ReportOutcome, _: &mut Context<Self>) {
-        self.outcome(msg);
+    fn handle(&mut self, msg: ReportOutcomes, _: &mut Context<Self>) {
+        let now = self.clock.now();
+        for o in msg.0 {
+            self.outcome(now, o);
+        }
+        self.publish(now, false);
     }
 }
 

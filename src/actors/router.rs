@@ -14,6 +14,7 @@
 //!    invisibly, everything after is the pump's (`upstream::pump`), which ends a failed stream
 //!    with an error event.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use super::board::{Board, Path};
 use super::deployment::{
-    rate_limit_cooldown, DeploymentActor, Grant, Outcome, ReportOutcome, Reserve,
+    rate_limit_cooldown, Grant, Outcome, ReportOutcome, ReportOutcomes, Reserve,
 };
 use super::registry::Registry;
 use crate::clock::Clock;
@@ -93,6 +94,68 @@ pub struct RouterActor {
     core: Rc<RouterCore>,
 }
 
+/// Outcomes on their way to the deployment actors, batched per worker: what finishes during one
+/// turn of the worker's event loop goes to each actor as one message, so a busy worker wakes
+/// the actor thread once per turn instead of once per request. Failures and probe verdicts go
+/// at once (after whatever is pending, to keep the order).
+pub struct Outbox {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    pending: RefCell<Vec<(usize, ReportOutcome)>>,
+    /// A flush task is queued on this worker.
+    scheduled: Cell<bool>,
+}
+
+impl Outbox {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Rc<Outbox> {
+        Rc::new(Outbox {
+            registry,
+            metrics,
+            pending: RefCell::new(Vec::new()),
+            scheduled: Cell::new(false),
+        })
+    }
+
+    fn send(self: &Rc<Self>, deployment: usize, report: ReportOutcome, urgent: bool) {
+        self.pending.borrow_mut().push((deployment, report));
+        if urgent {
+            self.flush();
+        } else if !self.scheduled.replace(true) {
+            let outbox = self.clone();
+            actix_web::rt::spawn(async move {
+                // Let the rest of this turn's work report first.
+                tokio::task::yield_now().await;
+                outbox.scheduled.set(false);
+                outbox.flush();
+            });
+        }
+    }
+
+    fn flush(&self) {
+        let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return;
+        }
+        // Stable: each deployment's outcomes keep their order.
+        pending.sort_by_key(|&(d, _)| d);
+        let mut iter = pending.into_iter().peekable();
+        while let Some((d, first)) = iter.next() {
+            let mut batch = vec![first];
+            while let Some((_, r)) = iter.next_if(|(next, _)| *next == d) {
+                batch.push(r);
+            }
+            let n = batch.len() as u64;
+            let m = &self.metrics.deployments[d];
+            match self.registry.addr(d).try_send(ReportOutcomes(batch)) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => m.outcomes_dropped.increment(n),
+                // The actor is gone; the registry respawns it on the next bid read.
+                Err(SendError::Closed(_)) => m.actor_closed.increment(1),
+            }
+        }
+    }
+}
+
 /// Everything a plan needs; shared by the plans running concurrently on this worker.
 pub struct RouterCore {
     pub config: Arc<Config>,
@@ -101,6 +164,7 @@ pub struct RouterCore {
     pub client: awc::Client,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub outbox: Rc<Outbox>,
 }
 
 impl RouterActor {
@@ -132,7 +196,7 @@ impl Handler<Route> for RouterActor {
 /// when dropped unreported (the client went away mid-attempt).
 struct Permit {
     deployment: usize,
-    addr: Arc<Addr<DeploymentActor>>,
+    outbox: Rc<Outbox>,
     probe: Option<ProbeTicket>,
     board: Arc<Board>,
     metrics: Arc<Metrics>,
@@ -158,8 +222,8 @@ impl Permit {
             return;
         }
         self.reported = true;
-        let m = &self.metrics.deployments[self.deployment];
-        m.attempts[slot].increment(1);
+        self.metrics.deployments[self.deployment].attempts[slot].increment(1);
+        let urgent = self.probe.is_some() || matches!(outcome, Outcome::Failure(_));
         let msg = ReportOutcome {
             outcome,
             probe: self.probe,
@@ -167,12 +231,7 @@ impl Permit {
             ttft,
             retry_after,
         };
-        match self.addr.try_send(msg) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => m.outcomes_dropped.increment(1),
-            // The actor is gone; the registry respawns it on the next message.
-            Err(SendError::Closed(_)) => m.actor_closed.increment(1),
-        }
+        self.outbox.send(self.deployment, msg, urgent);
     }
 }
 
@@ -190,11 +249,7 @@ impl Permit {
             ttft: None,
             retry_after: None,
         };
-        if self.addr.try_send(msg).is_err() {
-            self.metrics.deployments[self.deployment]
-                .outcomes_dropped
-                .increment(1);
-        }
+        self.outbox.send(self.deployment, msg, true);
     }
 
     /// An attempt's time limit: a half-open probe is also bounded by `probe_timeout_ms`.
@@ -621,7 +676,7 @@ impl RouterCore {
         self.metrics.deployments[dep].in_flight.increment(1.0);
         Ok(Permit {
             deployment: dep,
-            addr: self.registry.addr(dep),
+            outbox: self.outbox.clone(),
             probe,
             board: board.clone(),
             metrics: self.metrics.clone(),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
@@ -41,6 +41,15 @@ pub const HEADER_OVERHEAD: &str = "x-switchyard-overhead-ms";
 pub const HEADER_COST: &str = "x-switchyard-cost-usd";
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
 
+// The same names, built at compile time: a `&str` name is parsed and checked on every use.
+const H_DEPLOYMENT: HeaderName = HeaderName::from_static(HEADER_DEPLOYMENT);
+const H_MODEL_GROUP: HeaderName = HeaderName::from_static(HEADER_MODEL_GROUP);
+const H_ATTEMPTS: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+const H_OVERHEAD: HeaderName = HeaderName::from_static(HEADER_OVERHEAD);
+const H_COST: HeaderName = HeaderName::from_static(HEADER_COST);
+pub(crate) const H_REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+const H_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 /// Shared by every worker.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -48,6 +57,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// `GET /v1/models`, rendered once.
     pub models_body: Bytes,
+    /// Response header values naming each deployment and its model group, built once.
+    deployment_headers: Vec<(HeaderValue, HeaderValue)>,
 }
 
 impl AppState {
@@ -81,11 +92,22 @@ impl AppState {
         let models_body = serde_json::to_vec(&list)
             .map(Bytes::from)
             .unwrap_or_default();
+        let deployment_headers = config
+            .deployments
+            .iter()
+            .map(|d| {
+                let value = |s: &str| {
+                    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+                };
+                (value(&d.id), value(&config.groups[d.group].name))
+            })
+            .collect();
         AppState {
             config,
             metrics,
             registry,
             models_body,
+            deployment_headers,
         }
     }
 }
@@ -166,6 +188,11 @@ fn request_id(req: &HttpRequest) -> Arc<str> {
         Some(id) => Arc::from(id),
         None => Arc::from(format!("req_{:016x}", fastrand::u64(..)).as_str()),
     }
+}
+
+/// A request id is ASCII by construction (checked or minted above).
+fn request_id_value(id: &str) -> HeaderValue {
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn authorized(req: &HttpRequest, config: &Config) -> bool {
@@ -276,18 +303,39 @@ fn log_request(config: &Config, started: Instant, o: Outcome<'_>) {
     );
 }
 
-fn overhead_ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
+/// A header value formatted on the stack (no `String` on the hot path).
+fn header_value(args: std::fmt::Arguments<'_>) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let written = cursor
+        .write_fmt(args)
+        .ok()
+        .and_then(|()| usize::try_from(cursor.position()).ok())
+        .and_then(|n| buf.get(..n))
+        .and_then(|bytes| HeaderValue::from_bytes(bytes).ok());
+    written.unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
-/// Pico-dollars as a decimal dollar amount.
-fn usd(pico: u64) -> String {
+/// Milliseconds with three decimals (microsecond resolution), from integers.
+fn overhead_ms(d: Duration) -> HeaderValue {
+    let us = d.as_micros();
+    header_value(format_args!("{}.{:03}", us / 1000, us % 1000))
+}
+
+/// Pico-dollars as a decimal dollar amount: `0.0035`, `1.25`, `2.0`.
+fn usd(pico: u64) -> HeaderValue {
     let whole = pico / 1_000_000_000_000;
-    let frac = pico % 1_000_000_000_000;
-    let s = format!("{whole}.{frac:012}");
-    let s = s.trim_end_matches('0');
-    s.strip_suffix('.')
-        .map_or_else(|| s.to_owned(), |w| format!("{w}.0"))
+    let mut frac = pico % 1_000_000_000_000;
+    if frac == 0 {
+        return header_value(format_args!("{whole}.0"));
+    }
+    let mut digits = 12;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    header_value(format_args!("{whole}.{frac:0digits$}"))
 }
 
 pub async fn chat_completions(
@@ -321,10 +369,8 @@ pub async fn chat_completions(
         );
         let mut resp = error_response(&err, Some(&rid));
         if attempts > 0 {
-            resp.headers_mut().insert(
-                header::HeaderName::from_static(HEADER_ATTEMPTS),
-                HeaderValue::from(attempts),
-            );
+            resp.headers_mut()
+                .insert(H_ATTEMPTS, HeaderValue::from(attempts));
         }
         resp
     };
@@ -384,13 +430,13 @@ pub async fn chat_completions(
     state
         .metrics
         .request(Some(routed.group), Some(routed.deployment), 200);
-    let dep = &config.deployments[routed.deployment];
+    let (dep_value, group_value) = state.deployment_headers[routed.deployment].clone();
     let mut resp = HttpResponse::Ok();
-    resp.insert_header((HEADER_REQUEST_ID, &*rid))
-        .insert_header((HEADER_DEPLOYMENT, &*dep.id))
-        .insert_header((HEADER_MODEL_GROUP, &*config.groups[dep.group].name))
-        .insert_header((HEADER_ATTEMPTS, routed.attempts))
-        .insert_header((HEADER_OVERHEAD, overhead_ms(overhead)));
+    resp.insert_header((H_REQUEST_ID, request_id_value(&rid)))
+        .insert_header((H_DEPLOYMENT, dep_value))
+        .insert_header((H_MODEL_GROUP, group_value))
+        .insert_header((H_ATTEMPTS, HeaderValue::from(routed.attempts)))
+        .insert_header((H_OVERHEAD, overhead_ms(overhead)));
     match routed.body {
         RoutedBody::Json { body, usage, cost } => {
             log_request(
@@ -410,7 +456,7 @@ pub async fn chat_completions(
                     error: None,
                 },
             );
-            resp.insert_header((HEADER_COST, usd(cost)))
+            resp.insert_header((H_COST, usd(cost)))
                 .content_type("application/json")
                 .body(body)
         }
@@ -422,7 +468,7 @@ pub async fn chat_completions(
             let body = stream::once(async move { Ok::<_, actix_web::Error>(prelude) }).chain(rest);
             resp.content_type("text/event-stream")
                 .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
+                .insert_header((H_ACCEL_BUFFERING, HeaderValue::from_static("no")))
                 .streaming(body)
         }
     }
@@ -532,5 +578,14 @@ mod tests {
         assert_eq!(usd(3_500_000_000), "0.0035");
         assert_eq!(usd(1_250_000_000_000), "1.25");
         assert_eq!(usd(2_000_000_000_000), "2.0");
+        assert_eq!(usd(1), "0.000000000001");
+        assert_eq!(usd(u64::MAX), "18446744.073709551615");
+    }
+
+    #[test]
+    fn overhead_has_microsecond_resolution() {
+        assert_eq!(overhead_ms(Duration::from_nanos(123_456_789)), "123.456");
+        assert_eq!(overhead_ms(Duration::from_micros(7)), "0.007");
+        assert_eq!(overhead_ms(Duration::ZERO), "0.000");
     }
 }

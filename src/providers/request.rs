@@ -580,6 +580,12 @@ fn range(name: &str, v: Option<f64>, min: f64, max: f64) -> Result<(), GatewayEr
 
 /// Deserializes one top-level value, naming the full path of any error (`messages[0].role`).
 fn typed<'a, T: Deserialize<'a>>(name: &str, raw: &'a [u8]) -> Result<T, GatewayError> {
+    // Valid input is the common case: parse it plainly, and only parse again with path tracking
+    // (which costs about as much as the parse itself) to explain an error.
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    if let Ok(v) = T::deserialize(&mut de) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner().to_string();
