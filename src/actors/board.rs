@@ -14,7 +14,7 @@
 //! sends that one request to the failing deployment. The actor publishes as soon as it decides,
 //! so that window is one message long.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ pub enum Path {
 pub struct Board {
     published: ArcSwap<Published>,
     in_flight: AtomicU32,
+    /// Outcomes reported by routers, and those the actor has handled (or that were dropped).
+    outcomes_reported: AtomicU64,
+    outcomes_settled: AtomicU64,
     limiter: Option<Limiter>,
     max_concurrency: Option<u32>,
     weight: u32,
@@ -88,6 +91,8 @@ impl Board {
                 ttft_us: None,
             }),
             in_flight: AtomicU32::new(0),
+            outcomes_reported: AtomicU64::new(0),
+            outcomes_settled: AtomicU64::new(0),
             limiter: rpm
                 .map(|rpm| RateLimiter::direct_with_clock(Quota::per_minute(rpm), clock.clone())),
             max_concurrency,
@@ -171,6 +176,24 @@ impl Board {
 
     pub fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A router reported an outcome (it may sit in the router's outbox for a while).
+    pub fn outcome_reported(&self) {
+        self.outcomes_reported.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The actor handled `n` outcomes, or they were dropped on the way.
+    pub fn outcomes_settled(&self, n: u64) {
+        self.outcomes_settled.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Outcomes reported but not yet handled by the actor (tests wait for 0).
+    pub fn outcomes_pending(&self) -> u64 {
+        let settled = self.outcomes_settled.load(Ordering::Acquire);
+        self.outcomes_reported
+            .load(Ordering::Acquire)
+            .saturating_sub(settled)
     }
 }
 

@@ -328,7 +328,7 @@ pub struct ReportOutcome {
 }
 
 /// Outcomes of attempts, in the order one router saw them. Fire and forget (`try_send`); a
-/// router batches what finished during one turn of its event loop into one message.
+/// router batches its outcomes (see `router::Outbox`).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ReportOutcomes(pub Vec<ReportOutcome>);
@@ -337,10 +337,12 @@ impl Handler<ReportOutcomes> for DeploymentActor {
     type Result = ();
     fn handle(&mut self, msg: ReportOutcomes, _: &mut Context<Self>) {
         let now = self.clock.now();
+        let n = msg.0.len() as u64;
         for o in msg.0 {
             self.outcome(now, o);
         }
         self.publish(now, false);
+        self.board.outcomes_settled(n);
     }
 }
 

@@ -94,17 +94,23 @@ pub struct RouterActor {
     core: Rc<RouterCore>,
 }
 
-/// Outcomes on their way to the deployment actors, batched per worker: what finishes during one
-/// turn of the worker's event loop goes to each actor as one message, so a busy worker wakes
-/// the actor thread once per turn instead of once per request. Failures and probe verdicts go
-/// at once (after whatever is pending, to keep the order).
+/// Outcomes on their way to the deployment actors, batched per worker: successes wait up to
+/// `OUTBOX_DELAY` (or until `OUTBOX_MAX` are pending) and go to each actor as one message, so
+/// the actor thread wakes a few hundred times a second instead of once per request. Failures and
+/// probe verdicts go at once, after whatever is pending, so each actor sees one router's
+/// outcomes in order and a breaker decision is never delayed.
 pub struct Outbox {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     pending: RefCell<Vec<(usize, ReportOutcome)>>,
-    /// A flush task is queued on this worker.
+    /// A delayed flush is queued on this worker.
     scheduled: Cell<bool>,
 }
+
+/// How long a success report may wait in a worker's outbox.
+pub const OUTBOX_DELAY: Duration = Duration::from_millis(10);
+/// Pending reports that trigger a flush at once.
+const OUTBOX_MAX: usize = 256;
 
 impl Outbox {
     pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Rc<Outbox> {
@@ -117,14 +123,19 @@ impl Outbox {
     }
 
     fn send(self: &Rc<Self>, deployment: usize, report: ReportOutcome, urgent: bool) {
-        self.pending.borrow_mut().push((deployment, report));
-        if urgent {
+        self.registry.board(deployment).outcome_reported();
+        let len = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push((deployment, report));
+            pending.len()
+        };
+        if urgent || len >= OUTBOX_MAX {
             self.flush();
         } else if !self.scheduled.replace(true) {
             let outbox = self.clone();
             actix_web::rt::spawn(async move {
-                // Let the rest of this turn's work report first.
-                tokio::task::yield_now().await;
+                // Real time: the delay is about batching, not about the routing clock.
+                actix_web::rt::time::sleep(OUTBOX_DELAY).await;
                 outbox.scheduled.set(false);
                 outbox.flush();
             });
@@ -146,11 +157,20 @@ impl Outbox {
             }
             let n = batch.len() as u64;
             let m = &self.metrics.deployments[d];
-            match self.registry.addr(d).try_send(ReportOutcomes(batch)) {
-                Ok(()) => {}
-                Err(SendError::Full(_)) => m.outcomes_dropped.increment(n),
+            let lost = match self.registry.addr(d).try_send(ReportOutcomes(batch)) {
+                Ok(()) => false,
+                Err(SendError::Full(_)) => {
+                    m.outcomes_dropped.increment(n);
+                    true
+                }
                 // The actor is gone; the registry respawns it on the next bid read.
-                Err(SendError::Closed(_)) => m.actor_closed.increment(1),
+                Err(SendError::Closed(_)) => {
+                    m.actor_closed.increment(1);
+                    true
+                }
+            };
+            if lost {
+                self.registry.board(d).outcomes_settled(n);
             }
         }
     }

@@ -123,24 +123,54 @@ impl From<OaiUsage> for Usage {
 /// Checks a 2xx non-streaming body and reads its usage; the body itself is relayed unchanged.
 pub fn parse_response(body: &[u8]) -> Result<Usage, UpstreamError> {
     #[derive(Deserialize)]
-    struct Resp<'a> {
-        #[serde(borrow)]
-        choices: Vec<&'a RawValue>,
+    struct Resp {
+        choices: Count,
         #[serde(default)]
         usage: Option<OaiUsage>,
     }
     // Some servers (DeepSeek under load) send blank lines before the JSON.
     let body = body.trim_ascii_start();
-    match serde_json::from_slice::<Resp>(body) {
-        Ok(r) if !r.choices.is_empty() => Ok(r.usage.map(Usage::from).unwrap_or_default()),
-        Ok(_) => Err(UpstreamError::new(
+    // The body is relayed as is, so it must be UTF-8 throughout; checking it in one pass is
+    // cheaper than letting the parser check every string it skips.
+    let parsed = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Resp>(text).ok());
+    match parsed {
+        Some(r) if r.choices.0 > 0 => Ok(r.usage.map(Usage::from).unwrap_or_default()),
+        Some(_) => Err(UpstreamError::new(
             ErrorClass::ServerError,
             "upstream returned a completion with no choices",
         )),
-        Err(_) => Err(UpstreamError::new(
+        None => Err(UpstreamError::new(
             ErrorClass::ServerError,
             "upstream returned a malformed completion body",
         )),
+    }
+}
+
+/// The length of a JSON array whose elements are checked for syntax and skipped.
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 

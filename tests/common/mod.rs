@@ -95,19 +95,19 @@ impl Answer {
     }
 }
 
-/// Waits until every deployment actor has handled the messages sent to it so far (outcomes are
-/// fire-and-forget): a message round trip through each mailbox, which is FIFO. The request
+/// Waits until every deployment actor has handled every outcome reported so far (outcomes are
+/// fire and forget, and successes wait in the worker's outbox for up to 10 ms). The request
 /// helpers below call it after each answer, so a test's next step (a clock advance, the next
-/// request) sees the state those outcomes produced — in production that lag is microseconds.
+/// request) sees the state those outcomes produced.
 pub async fn settle(gw: &Gateway) {
     let registry = gw.registry();
-    for d in 0..registry.len() {
-        // A dead actor has nothing left to handle.
-        let _ = registry
-            .addr(d)
-            .send(switchyard::actors::deployment::GetSnapshot)
-            .await;
+    for _ in 0..5000 {
+        if (0..registry.len()).all(|d| registry.board(d).outcomes_pending() == 0) {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(1)).await;
     }
+    panic!("outcomes not handled by the deployment actors within 5 s");
 }
 
 /// POSTs a JSON body to the gateway's chat endpoint; returns status, headers and JSON body.
