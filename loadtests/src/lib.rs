@@ -4,6 +4,8 @@
 //!   used by the gateway's integration tests and, through the `mock-upstream` command, by the
 //!   demo and the load benchmarks. It shares no code with the gateway.
 //! - [`cli`]: argument parsing of the `mock-upstream` command.
+//! - [`loadgen`]: an open- and closed-loop HTTP load generator (latency histograms, stream
+//!   TTFT and gaps, no coordinated omission), also the `loadgen` command.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -16,6 +18,8 @@
 )]
 
 pub mod cli;
+pub mod harness;
+pub mod loadgen;
 pub mod mock;
 
 pub use mock::{Behavior, ErrorPreset, Fault, MockConfig, MockUpstream, RecordedRequest, Reply};
