@@ -229,3 +229,36 @@ async fn a_missing_done_after_the_finish_is_tolerated() {
     assert_eq!(s.header("x-switchyard-deployment"), Some("first"));
     gw.stop(true).await;
 }
+
+/// awc returns a connection to its pool only when the body was read to its end; a stream
+/// dropped at `[DONE]` / `message_stop` would cost every stream a new TCP connection.
+#[actix_web::test]
+async fn finished_streams_give_their_upstream_connection_back_for_the_next_request() {
+    let mock = mock().await;
+    let gw = start_gateway(&format!(
+        "{}{}{}",
+        settings("", ""),
+        deployment("oa", "gpt-4o", "openai", &openai_base(&mock, "oa"), ""),
+        deployment(
+            "an",
+            "claude",
+            "anthropic",
+            &anthropic_base(&mock, "an"),
+            ""
+        ),
+    ));
+    for (model, route) in [("gpt-4o", "oa"), ("claude", "an")] {
+        for _ in 0..3 {
+            let s = chat_stream(&gw, &stream_request(model, true)).await;
+            assert_openai_stream(&s, true);
+        }
+        let peers: Vec<_> = mock.requests(route).iter().map(|r| r.peer).collect();
+        assert_eq!(peers.len(), 3);
+        assert!(peers[0].is_some());
+        assert!(
+            peers.iter().all(|p| *p == peers[0]),
+            "{route}: one upstream connection for three streams, got {peers:?}"
+        );
+    }
+    gw.stop(true).await;
+}

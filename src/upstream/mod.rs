@@ -26,6 +26,11 @@ use crate::providers::{self, ProviderKind, StreamTranslator};
 /// Bound on an upstream error body we read (we only need its message and code).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
+/// After a stream's finish, what is left of the upstream body (normally just the chunked
+/// terminator) is read so the connection goes back to the pool; at most this much, this long.
+const DRAIN_BYTES: usize = 16 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(50);
+
 /// Where and how to reach one deployment: its URL and static headers, prepared once.
 #[derive(Debug)]
 pub struct Target {
@@ -312,10 +317,29 @@ pub async fn pump(
         }
         Ok(end) => end,
     };
+    // The client's stream ends here, whatever happens below.
+    drop(tx);
+    if matches!(end, StreamEnd::Complete) {
+        drain(&mut stream.resp, deadline).await;
+    }
     PumpResult {
         end,
         usage: stream.translator.usage(),
         invalid_events: stream.translator.invalid_events(),
+    }
+}
+
+/// Reads a finished upstream body to its end, bounded by `DRAIN_BYTES` and `DRAIN_TIME`.
+/// awc returns a connection to its pool only when the body was read to the end; dropping it
+/// earlier closes the connection, and every stream would pay a new TCP connect.
+async fn drain(resp: &mut ClientResponse, deadline: Instant) {
+    let until = (Instant::now() + DRAIN_TIME).min(deadline);
+    let mut left = DRAIN_BYTES;
+    while let Ok(Some(Ok(chunk))) = timeout_at(until, resp.next()).await {
+        match left.checked_sub(chunk.len()) {
+            Some(l) => left = l,
+            None => return,
+        }
     }
 }
 

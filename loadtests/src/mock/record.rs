@@ -9,6 +9,8 @@ use bytes::Bytes;
 pub struct RecordedRequest {
     /// Route name ("" for the default route).
     pub route: String,
+    /// The client's address: requests from one kept-alive connection share it.
+    pub peer: Option<std::net::SocketAddr>,
     pub method: String,
     /// Full path including the query string.
     pub path: String,

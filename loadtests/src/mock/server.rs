@@ -61,6 +61,7 @@ pub(crate) async fn handle(
     if shared.record {
         route.record(RecordedRequest {
             route: route.name.to_string(),
+            peer: req.peer_addr(),
             method: req.method().as_str().to_owned(),
             path: req
                 .uri()
