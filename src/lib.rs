@@ -115,6 +115,8 @@ impl Gateway {
         };
         let s = &config.server;
         let mut server = HttpServer::new(factory)
+            // Stream chunks are small writes: never let Nagle hold one back for an ACK.
+            .tcp_nodelay(true)
             .workers(s.workers)
             .max_connections(s.max_connections)
             .client_request_timeout(s.client_request_timeout)

@@ -67,9 +67,24 @@ fn target(dep: &Deployment) -> Result<Target, String> {
     })
 }
 
-/// The worker's upstream client: explicit connect timeout, no redirects, bounded pool.
+/// The worker's upstream client: explicit connect timeout, no redirects, bounded pool, and
+/// `TCP_NODELAY` on every upstream connection (awc leaves Nagle on: a request body written after
+/// its head, or a large body's last partial segment, would wait for the upstream's delayed ACK).
 pub fn build_client(cfg: &RouterConfig) -> Client {
+    use actix_service::ServiceExt as _;
+    use actix_tls::connect::{Connection, Connector as TcpConnector, Resolver};
+    fn nodelay(
+        conn: Connection<awc::http::Uri, actix_web::rt::net::TcpStream>,
+    ) -> Connection<awc::http::Uri, actix_web::rt::net::TcpStream> {
+        // Best effort: a socket that refuses the option still works.
+        let _ = conn.io_ref().set_nodelay(true);
+        conn
+    }
+    let tcp = TcpConnector::new(Resolver::default())
+        .service()
+        .map(nodelay as fn(_) -> _);
     let connector = Connector::new()
+        .connector(tcp)
         .timeout(cfg.connect_timeout)
         .handshake_timeout(cfg.connect_timeout)
         .limit(cfg.max_connections_per_worker)
