@@ -62,7 +62,8 @@ pub fn free_addr() -> io::Result<SocketAddr> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
 }
 
-/// Creates a fresh directory `base/tmp/<tag>-<pid>-<n>` and returns it.
+/// Creates a fresh directory `base/tmp/<tag>-<pid>-<n>` and returns it, absolute (nginx resolves
+/// relative paths against its prefix, and children may run elsewhere).
 pub fn temp_dir(base: &Path, tag: &str) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +74,7 @@ pub fn temp_dir(base: &Path, tag: &str) -> io::Result<PathBuf> {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    dir.canonicalize()
 }
 
 /// Seconds since the Unix epoch.
