@@ -78,7 +78,7 @@ impl From<lexopt::Error> for CliError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> CliError {
+pub(crate) fn bad(msg: impl Into<String>) -> CliError {
     CliError(msg.into())
 }
 

@@ -77,6 +77,51 @@ pub fn temp_dir(base: &Path, tag: &str) -> io::Result<PathBuf> {
     dir.canonicalize()
 }
 
+/// Spawns `cmd` with stdin closed and stdout and stderr to `log`, and registers it for the
+/// Ctrl-C cleanup.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, HarnessError> {
+    let out = std::fs::File::create(log)?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| err(format!("cannot start {:?}: {e}", cmd.get_program())))?;
+    register_child(child.id());
+    Ok(child)
+}
+
+/// Polls `ready` every 50 ms until it holds (`Ok`), the child exits (`Err(Some(status))`) or
+/// `timeout` passes (`Err(None)`).
+fn wait_ready(
+    child: &mut Child,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Some(status));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The gateway binary next to the running one (`target/release/switchyard` beside
+/// `target/release/bench`), for `--gateway-bin`'s default.
+pub fn default_gateway_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("switchyard")))
+        .unwrap_or_else(|| PathBuf::from("target/release/switchyard"))
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_time() -> u64 {
     SystemTime::now()
@@ -534,43 +579,31 @@ impl GatewayProc {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml)?;
         let log = dir.join("gateway.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", bin.display())))?;
-        register_child(child.id());
+        let child = spawn_logged(Command::new(bin).arg("--config").arg(&config), &log)?;
         let mut gw = GatewayProc {
             child,
             addr: listen,
             dir,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                return Err(err(format!(
-                    "the gateway exited ({status}) before answering /health:\n{}",
-                    tail(&gw.log, 20)
-                )));
-            }
+        let ready = wait_ready(&mut gw.child, Duration::from_secs(15), || {
             let health = http_request(listen, "GET", "/health", None, Duration::from_millis(500));
-            if health.is_ok_and(|r| r.status == 200) {
-                return Ok(gw);
-            }
-            if Instant::now() > deadline {
+            health.is_ok_and(|r| r.status == 200)
+        });
+        match ready {
+            Ok(()) => Ok(gw),
+            Err(Some(status)) => Err(err(format!(
+                "the gateway exited ({status}) before answering /health:\n{}",
+                tail(&gw.log, 20)
+            ))),
+            Err(None) => {
                 let msg = format!(
                     "the gateway did not answer /health on {listen} within 15 s:\n{}",
                     tail(&gw.log, 20)
                 );
                 stop_child(&mut gw.child, "KILL", Duration::from_secs(1));
-                return Err(err(msg));
+                Err(err(msg))
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -716,46 +749,35 @@ impl Nginx {
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&dir, listen, upstream))?;
         let log = dir.join("nginx.out");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(&bin)
-            .arg("-p")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-p")
             .arg(&dir)
             .arg("-c")
             .arg(&conf)
             .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", bin.display())))?;
-        register_child(child.id());
+            .arg(dir.join("error.log"));
+        let child = spawn_logged(&mut cmd, &log)?;
         let mut nginx = Nginx {
             child,
             addr: listen,
             dir,
             version,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                return Err(err(format!(
-                    "nginx exited ({status}):\n{}\n{}",
-                    tail(&log, 10),
-                    tail(&nginx.dir.join("error.log"), 10)
-                )));
-            }
-            // Any HTTP answer will do (the mock answers GET / with a 404 through nginx).
-            if http_request(listen, "GET", "/", None, Duration::from_millis(500)).is_ok() {
-                return Ok(Some(nginx));
-            }
-            if Instant::now() > deadline {
-                return Err(err(format!(
-                    "nginx did not answer on {listen} within 10 s:\n{}",
-                    tail(&nginx.dir.join("error.log"), 10)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // Any HTTP answer will do (the mock answers GET / with a 404 through nginx).
+        let ready = wait_ready(&mut nginx.child, Duration::from_secs(10), || {
+            http_request(listen, "GET", "/", None, Duration::from_millis(500)).is_ok()
+        });
+        match ready {
+            Ok(()) => Ok(Some(nginx)),
+            Err(Some(status)) => Err(err(format!(
+                "nginx exited ({status}):\n{}\n{}",
+                tail(&log, 10),
+                tail(&nginx.dir.join("error.log"), 10)
+            ))),
+            Err(None) => Err(err(format!(
+                "nginx did not answer on {listen} within 10 s:\n{}",
+                tail(&nginx.dir.join("error.log"), 10)
+            ))),
         }
     }
 

@@ -63,13 +63,6 @@ struct Options {
     gateway_bin: PathBuf,
 }
 
-fn default_gateway_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("switchyard")))
-        .unwrap_or_else(|| PathBuf::from("target/release/switchyard"))
-}
-
 fn val(p: &mut lexopt::Parser) -> Result<std::ffi::OsString, String> {
     p.value().map_err(|e| e.to_string())
 }
@@ -85,7 +78,7 @@ fn parse_args() -> Result<Option<Options>, String> {
         streams: 200,
         threads: 1,
         out: PathBuf::from("target/loadtests"),
-        gateway_bin: default_gateway_bin(),
+        gateway_bin: harness::default_gateway_bin(),
     };
     let mut quick = false;
     let (mut runs, mut duration, mut warmup) = (None, None, None);

@@ -108,13 +108,6 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn default_gateway_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("switchyard")))
-        .unwrap_or_else(|| PathBuf::from("target/release/switchyard"))
-}
-
 enum Cmd {
     Help,
     List,
@@ -130,7 +123,7 @@ fn parse_args() -> Result<Cmd, String> {
     let mut o = Options {
         scale: 1.0,
         out: PathBuf::from("target/loadtests"),
-        gateway_bin: default_gateway_bin(),
+        gateway_bin: harness::default_gateway_bin(),
     };
     let mut name = None;
     let mut p = lexopt::Parser::from_env();

@@ -1,7 +1,6 @@
 //! Command-line parsing for the `loadgen` command (kept in the library so it can be tested).
 
 use std::ffi::OsString;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,27 +53,10 @@ pub struct CliOptions {
     pub json: Option<PathBuf>,
 }
 
-/// A bad command line; the command prints it with the usage and exits with status 2.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CliError(pub String);
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CliError {}
-
-impl From<lexopt::Error> for CliError {
-    fn from(e: lexopt::Error) -> Self {
-        CliError(e.to_string())
-    }
-}
-
-fn bad(msg: impl Into<String>) -> CliError {
-    CliError(msg.into())
-}
+use crate::cli::bad;
+/// A bad command line (shared with the `mock-upstream` command); `loadgen` prints it with the
+/// usage and exits with status 2.
+pub use crate::cli::CliError;
 
 /// Parses a duration: `500ms`, `10s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
