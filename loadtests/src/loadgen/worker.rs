@@ -155,6 +155,15 @@ fn segments(plan: &Plan, phases: &[Phase]) -> Vec<(Instant, Duration, f64)> {
     out
 }
 
+/// The most timer lateness forgiven per request (tokio's timer rounds to the millisecond).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// When a request scheduled for `intended` became due, given when the scheduler's timer last
+/// fired: the later of the two, forgiving at most `TIMER_SLACK` of timer lateness.
+fn due(intended: Instant, fired: Instant) -> Instant {
+    intended.max(fired.min(intended + TIMER_SLACK))
+}
+
 async fn open_loop(ctx: Rc<OpenCtx>, phases: &[Phase], k: usize) {
     let plan = Arc::clone(&ctx.plan);
     let threads = plan.threads as u64;
@@ -179,9 +188,11 @@ async fn open_loop(ctx: Rc<OpenCtx>, phases: &[Phase], k: usize) {
             }
             // tokio's timer has millisecond granularity: a request is due when the timer that
             // released it fired, not before (else every latency would include up to 1 ms of
-            // timer rounding). Waiting for a connection after that still counts, and so does
-            // a scheduler that fell behind without sleeping (`fired` then lies in the past).
-            dispatch(&ctx, intended.max(fired));
+            // timer rounding) — but never more than `TIMER_SLACK` after its intended time, so
+            // a generator starved of CPU still counts its lateness. Waiting for a connection
+            // after that counts too, and so does a scheduler that fell behind without sleeping
+            // (`fired` then lies in the past).
+            dispatch(&ctx, due(intended, fired));
             j += threads;
         }
     }
@@ -444,5 +455,26 @@ impl StreamTiming<'_> {
                 self.last = Some(now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_rounding_is_forgiven_up_to_the_slack_and_no_more() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // On time, or the timer fired early relative to a later request: the intended time.
+        assert_eq!(due(t, t), t);
+        assert_eq!(due(t + ms(5), t), t + ms(5));
+        // The timer fired 0.4 ms late: due when it fired.
+        assert_eq!(
+            due(t, t + Duration::from_micros(400)),
+            t + Duration::from_micros(400)
+        );
+        // 30 ms late (a starved generator): only 1 ms is forgiven, the rest counts.
+        assert_eq!(due(t, t + ms(30)), t + TIMER_SLACK);
     }
 }
