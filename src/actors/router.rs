@@ -434,7 +434,6 @@ impl RouterCore {
             }
             let now = self.clock.now();
             let mut candidates: Vec<Bid> = Vec::with_capacity(deployments.len());
-            let mut paths: Vec<(usize, Path)> = Vec::with_capacity(deployments.len());
             for &d in deployments {
                 if failed.iter().any(|(f, _)| *f == d) {
                     continue;
@@ -445,16 +444,13 @@ impl RouterCore {
                     st.note_decline(d, &Decline::Unavailable, now);
                     continue;
                 }
-                let (b, path) = self.registry.board(d).bid(d, now);
+                let (b, _) = self.registry.board(d).bid(d, now);
                 match &b.decline {
                     Some(d) => {
                         self.metrics.deployments[b.deployment].decline(d.as_str());
                         st.note_decline(b.deployment, d, now);
                     }
-                    None => {
-                        paths.push((d, path));
-                        candidates.push(b);
-                    }
+                    None => candidates.push(b),
                 }
             }
             let order = self
@@ -474,11 +470,7 @@ impl RouterCore {
                         continue;
                     }
                 };
-                let path = paths
-                    .iter()
-                    .find(|(d, _)| *d == dep)
-                    .map_or(Path::Actor, |&(_, p)| p);
-                let permit = match self.reserve(dep, path).await {
+                let permit = match self.reserve(dep).await {
                     Ok(p) => p,
                     Err(d) => {
                         self.metrics.deployments[dep].decline(d.as_str());
@@ -669,8 +661,10 @@ impl RouterCore {
     }
 
     /// Takes a permit: from the board when the actor published "free", else from the actor.
-    async fn reserve(&self, dep: usize, path: Path) -> Result<Permit, Decline> {
+    /// The board is read again here, so a state published since the bids were read counts.
+    async fn reserve(&self, dep: usize) -> Result<Permit, Decline> {
         let board = self.registry.board(dep);
+        let (_, path) = board.bid(dep, self.clock.now());
         let probe = match path {
             Path::Direct => {
                 board.try_take()?;

@@ -2,7 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`, the status from `GatewayError::status`,
 //! `Retry-After` when the client should wait. Never includes upstream raw bodies or secrets.
 
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
@@ -27,7 +27,7 @@ pub fn error_response(err: &GatewayError, request_id: Option<&str>) -> HttpRespo
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = HttpResponse::build(status);
     if let Some(id) = request_id {
-        resp.insert_header((HeaderName::from_static(super::HEADER_REQUEST_ID), id));
+        resp.insert_header((super::H_REQUEST_ID, id));
     }
     if let Some(after) = err.retry_after() {
         // Whole seconds, rounded up, at least 1.
