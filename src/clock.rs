@@ -53,6 +53,12 @@ impl Clock {
         Instant::now() + Duration::from_nanos(offset)
     }
 
+    /// Time from this clock's creation to `at` (zero for an earlier instant).
+    #[inline]
+    pub fn since_start(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.inner.base)
+    }
+
     /// Time since this clock was created (virtual time included).
     #[inline]
     pub fn elapsed(&self) -> Duration {
@@ -79,6 +85,18 @@ impl Clock {
                 _ = tokio::time::sleep(deadline - now) => {}
                 _ = advanced => {}
             }
+        }
+    }
+
+    /// Runs `fut` until `deadline` on this clock; `None` if the deadline came first.
+    pub async fn timeout_at<F: std::future::Future>(
+        &self,
+        deadline: Instant,
+        fut: F,
+    ) -> Option<F::Output> {
+        tokio::select! {
+            out = fut => Some(out),
+            () = self.sleep_until(deadline) => None,
         }
     }
 

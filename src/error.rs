@@ -114,6 +114,8 @@ pub struct UpstreamError {
     pub code: Option<String>,
     /// Retry-After (or the provider's equivalent), when given.
     pub retry_after: Option<Duration>,
+    /// The provider's rate-limit headers on the failed response.
+    pub headroom: Option<Box<crate::policy::headroom::Headroom>>,
 }
 
 impl UpstreamError {
@@ -124,6 +126,7 @@ impl UpstreamError {
             message: message.into(),
             code: None,
             retry_after: None,
+            headroom: None,
         }
     }
 

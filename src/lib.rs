@@ -102,6 +102,7 @@ impl Gateway {
                     metrics: metrics.clone(),
                     clock: clock.clone(),
                     outbox: Outbox::new(registry.clone(), metrics.clone()),
+                    ticks: config.groups.iter().map(|_| Default::default()).collect(),
                 })
                 .start();
                 App::new()

@@ -84,6 +84,30 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         "gateway_actor_respawns_total",
         "Deployment actors respawned after their mailbox closed.",
     ),
+    (
+        "gateway_deployment_alerts_total",
+        "Deployments disabled for long because the upstream refused our quota or credentials.",
+    ),
+    (
+        "gateway_retry_budget_exhausted_total",
+        "Retries not made because the model group's retry budget was spent.",
+    ),
+    (
+        "gateway_hedges_total",
+        "Hedged second attempts by model group: started, and won (served the request).",
+    ),
+    (
+        "gateway_queued_requests_total",
+        "Requests that waited for a deployment at its concurrency limit, by how the wait ended.",
+    ),
+    (
+        "gateway_concurrency_limit",
+        "Concurrency limit in force per deployment (adaptive deployments move it).",
+    ),
+    (
+        "gateway_ratelimit_headroom",
+        "Share of the provider's rate limit left, from its x-ratelimit headers (0-1).",
+    ),
 ];
 
 /// Status classes for `gateway_requests_total`.
@@ -151,9 +175,22 @@ pub struct DeploymentMetrics {
     pub actor_closed: Counter,
     pub outcomes_dropped: Counter,
     pub respawns: Counter,
+    /// `[quota_exhausted, upstream_auth]`.
+    pub alerts: [Counter; 2],
+    pub concurrency_limit: Gauge,
+    pub headroom: Gauge,
 }
 
 impl DeploymentMetrics {
+    /// Counts an alert for a long-cooldown class (other classes are not alerts).
+    pub fn alert(&self, class: ErrorClass) {
+        match class {
+            ErrorClass::QuotaExhausted => self.alerts[0].increment(1),
+            ErrorClass::UpstreamAuth => self.alerts[1].increment(1),
+            _ => {}
+        }
+    }
+
     pub fn decline(&self, reason: &str) {
         if let Some(i) = DECLINE_REASONS.iter().position(|r| *r == reason) {
             self.declines[i].increment(1);
@@ -172,8 +209,31 @@ pub struct Metrics {
     requests: Vec<Vec<(Option<usize>, [Counter; 3])>>,
     /// Per model group.
     pub retries: Vec<Counter>,
-    /// `fallbacks[from][i]` counts moves from group `from` to its i-th fallback.
-    pub fallbacks: Vec<Vec<Counter>>,
+    /// `fallbacks[from]` counts moves from group `from` to each group of its chains.
+    fallbacks: Vec<Vec<(usize, Counter)>>,
+    /// Per model group.
+    pub retry_budget_exhausted: Vec<Counter>,
+    /// Per model group: `[started, won]`.
+    pub hedges: Vec<[Counter; 2]>,
+    /// Per model group: `[served, timed_out, queue_full]`.
+    pub queued: Vec<[Counter; 3]>,
+}
+
+/// Every group a request for `g` may be served by: itself, then its fallback chains.
+pub fn reachable_groups(config: &Config, g: usize) -> Vec<usize> {
+    let group = &config.groups[g];
+    let mut out = vec![g];
+    for &to in group
+        .fallbacks
+        .iter()
+        .chain(&group.context_window_fallbacks)
+        .chain(&group.content_policy_fallbacks)
+    {
+        if !out.contains(&to) {
+            out.push(to);
+        }
+    }
+    out
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
@@ -210,7 +270,13 @@ impl Metrics {
             };
             if name.ends_with("_seconds") {
                 recorder.describe_histogram((*name).into(), unit, (*help).into());
-            } else if *name == "gateway_breaker_state" || *name == "gateway_inflight_requests" {
+            } else if matches!(
+                *name,
+                "gateway_breaker_state"
+                    | "gateway_inflight_requests"
+                    | "gateway_concurrency_limit"
+                    | "gateway_ratelimit_headroom"
+            ) {
                 recorder.describe_gauge((*name).into(), unit, (*help).into());
             } else {
                 recorder.describe_counter((*name).into(), unit, (*help).into());
@@ -298,6 +364,14 @@ impl Metrics {
                         &[("deployment", id), ("kind", "outcome_dropped")],
                     ),
                     respawns: counter("gateway_actor_respawns_total", &[("deployment", id)]),
+                    alerts: ["quota_exhausted", "upstream_auth"].map(|reason| {
+                        counter(
+                            "gateway_deployment_alerts_total",
+                            &[("deployment", id), ("reason", reason)],
+                        )
+                    }),
+                    concurrency_limit: gauge("gateway_concurrency_limit", &[("deployment", id)]),
+                    headroom: gauge("gateway_ratelimit_headroom", &[("deployment", id)]),
                 }
             })
             .collect();
@@ -320,8 +394,8 @@ impl Metrics {
             .groups
             .iter()
             .map(|g| {
-                std::iter::once(g.index)
-                    .chain(g.fallbacks.iter().copied())
+                reachable_groups(config, g.index)
+                    .into_iter()
                     .flat_map(|s| config.groups[s].deployments.iter().copied())
                     .map(Some)
                     .chain(std::iter::once(None))
@@ -339,15 +413,49 @@ impl Metrics {
             .groups
             .iter()
             .map(|g| {
-                g.fallbacks
-                    .iter()
-                    .map(|&to| {
-                        counter(
+                reachable_groups(config, g.index)
+                    .into_iter()
+                    .skip(1)
+                    .map(|to| {
+                        let c = counter(
                             "gateway_fallbacks_total",
                             &[("from", &g.name), ("to", &config.groups[to].name)],
-                        )
+                        );
+                        (to, c)
                     })
                     .collect()
+            })
+            .collect();
+        let per_group = |name: &'static str| -> Vec<Counter> {
+            config
+                .groups
+                .iter()
+                .map(|g| counter(name, &[("model_group", &g.name)]))
+                .collect()
+        };
+        let retry_budget_exhausted = per_group("gateway_retry_budget_exhausted_total");
+        let hedges = config
+            .groups
+            .iter()
+            .map(|g| {
+                ["started", "won"].map(|o| {
+                    counter(
+                        "gateway_hedges_total",
+                        &[("model_group", &g.name), ("outcome", o)],
+                    )
+                })
+            })
+            .collect();
+        let queued = config
+            .groups
+            .iter()
+            .map(|g| {
+                ["served", "timed_out", "queue_full"].map(|o| {
+                    counter(
+                        "gateway_queued_requests_total",
+                        &[("model_group", &g.name), ("outcome", o)],
+                    )
+                })
             })
             .collect();
         let overhead = histogram("gateway_overhead_seconds", &[]);
@@ -359,6 +467,20 @@ impl Metrics {
             requests,
             retries,
             fallbacks,
+            retry_budget_exhausted,
+            hedges,
+            queued,
+        }
+    }
+
+    /// Counts a move from group `from` to group `to` (one of its fallback chains).
+    pub fn fallback(&self, from: usize, to: usize) {
+        if let Some((_, c)) = self
+            .fallbacks
+            .get(from)
+            .and_then(|list| list.iter().find(|(t, _)| *t == to))
+        {
+            c.increment(1);
         }
     }
 

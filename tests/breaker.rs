@@ -12,7 +12,8 @@ fn config(mock: &MockUpstream) -> String {
         "{}{}{}",
         settings(
             "num_retries = 1",
-            "[breaker]\nconsecutive_failures = 3\ncooldown_ms = 30000\nhalf_open_probes = 1\n"
+            // The classic machine: no probes during an ejection, no jitter.
+            "[breaker]\nconsecutive_failures = 3\ncooldown_ms = 30000\nhalf_open_probes = 1\nprobe_interval_ms = 0\njitter = 0.0\n"
         ),
         deployment(
             "sick",
@@ -140,8 +141,8 @@ async fn when_every_breaker_is_open_the_client_gets_503_and_ready_says_not_ready
     assert_eq!(r.body["error"]["code"], "no_deployment_available");
     assert_eq!(
         r.header("retry-after"),
-        Some("30"),
-        "the breaker reopens for probes in 30 s"
+        Some("10"),
+        "the breaker lets a probe through in probe_interval (10 s)"
     );
     assert!(r.body["error"]["message"]
         .as_str()

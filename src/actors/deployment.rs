@@ -17,10 +17,12 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::config::{Config, Deployment};
+use crate::config::Deployment;
 use crate::error::ErrorClass;
 use crate::metrics::Metrics;
+use crate::policy::aimd::Aimd;
 use crate::policy::breaker::{Admission, Breaker, BreakerState, ProbeTicket};
+use crate::policy::headroom::Headroom;
 use crate::policy::scoring::Decline;
 use crate::policy::stats::LatencyStats;
 
@@ -49,7 +51,6 @@ pub fn rate_limit_cooldown(retry_after: Option<Duration>, default: Duration) -> 
 
 pub struct DeploymentActor {
     dep: Arc<Deployment>,
-    config: Arc<Config>,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Published bid, in-flight count and rpm limiter; survives restarts and respawns.
@@ -64,20 +65,33 @@ pub struct DeploymentActor {
     stats: LatencyStats,
     successes: u64,
     failures: u64,
+    /// EWMA (0..=1) of the share of attempts refused with 429, for the latency strategy.
+    throttle: f64,
+    /// The provider's last rate-limit headers: share left, and until when it is exhausted.
+    provider_headroom: Option<(f64, Instant)>,
+    provider_exhausted_until: Option<Instant>,
+    /// Adaptive concurrency limit, when enabled for this deployment.
+    aimd: Option<Aimd>,
 }
+
+/// Weight of one outcome in the throttle EWMA.
+const THROTTLE_ALPHA: f64 = 0.2;
+/// How long provider headroom without a reset time stays valid.
+const HEADROOM_TTL: Duration = Duration::from_secs(60);
 
 impl DeploymentActor {
     pub fn new(
         dep: Arc<Deployment>,
-        config: Arc<Config>,
         clock: Clock,
         metrics: Arc<Metrics>,
         board: Arc<Board>,
     ) -> Self {
-        let breaker = Breaker::new(config.breaker);
+        let breaker = Breaker::new(dep.breaker);
+        let aimd = dep
+            .adaptive
+            .and_then(|(min, max)| board.limit().map(|initial| Aimd::new(min, max, initial)));
         DeploymentActor {
             dep,
-            config,
             clock,
             metrics,
             board,
@@ -89,6 +103,10 @@ impl DeploymentActor {
             stats: LatencyStats::default(),
             successes: 0,
             failures: 0,
+            throttle: 0.0,
+            provider_headroom: None,
+            provider_exhausted_until: None,
+            aimd,
         }
     }
 
@@ -114,9 +132,22 @@ impl DeploymentActor {
             self.cooldown = None;
         }
         if !self.breaker.would_admit(now) {
-            return Some(Decline::BreakerOpen {
-                until: self.breaker.open_until(now),
-            });
+            // Routers ask again when a probe is due or the ejection ends, whichever is first.
+            let until = match (
+                self.breaker.open_until(now),
+                self.breaker.next_probe_at(now),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            return Some(Decline::BreakerOpen { until });
+        }
+        if let Some(until) = self.provider_exhausted_until {
+            if now < until {
+                // The provider said it has nothing left until then: move away before a 429.
+                return Some(Decline::RateLimited { until });
+            }
+            self.provider_exhausted_until = None;
         }
         None
     }
@@ -135,32 +166,41 @@ impl DeploymentActor {
         }
         self.published = admit;
         self.unpublished_outcomes = 0;
+        let provider_headroom = self
+            .provider_headroom
+            .filter(|&(_, until)| now < until)
+            .map(|(h, _)| h);
         self.board.publish(Published {
             admit,
             latency_us: self.stats.latency.get(),
             ttft_us: self.stats.ttft.get(),
+            latency_p95_us: self.stats.latency_quantile_us(0.95),
+            ttft_p95_us: self.stats.ttft_quantile_us(0.95),
+            throttle: self.throttle,
+            provider_headroom,
         });
     }
 
     /// On `Ok` the caller owns one unit of the board's in-flight count.
-    fn reserve(&mut self) -> Result<Grant, Decline> {
+    fn reserve(&mut self, tokens: u32) -> Result<Grant, Decline> {
         let now = self.clock.now();
-        let result = self.try_reserve(now);
+        let result = self.try_reserve(now, tokens);
         self.publish(now, false);
         result
     }
 
-    fn try_reserve(&mut self, now: Instant) -> Result<Grant, Decline> {
+    fn try_reserve(&mut self, now: Instant, tokens: u32) -> Result<Grant, Decline> {
         if let Some(d) = self.decline(now) {
             return Err(d);
         }
-        self.board.try_take()?;
+        self.board.try_take(tokens)?;
         match self.breaker.admit(now) {
             Admission::Admit => Ok(Grant { probe: None }),
             Admission::Probe(t) => Ok(Grant { probe: Some(t) }),
             Admission::Reject { until } => {
                 // `decline` said it would admit; only a race with time can land here.
                 self.board.release();
+                self.board.settle_tokens(tokens, None);
                 Err(Decline::BreakerOpen { until })
             }
         }
@@ -168,6 +208,28 @@ impl DeploymentActor {
 
     /// Applies one outcome; the caller publishes.
     fn outcome(&mut self, now: Instant, o: ReportOutcome) {
+        if let Some(h) = &o.headroom {
+            self.note_headroom(now, h);
+        }
+        let throttled = matches!(o.outcome, Outcome::Failure(ErrorClass::RateLimited));
+        if !matches!(o.outcome, Outcome::Cancelled | Outcome::ProbeCommitted) {
+            let x = if throttled { 1.0 } else { 0.0 };
+            self.throttle += THROTTLE_ALPHA * (x - self.throttle);
+        }
+        if let Some(aimd) = &mut self.aimd {
+            match o.outcome {
+                Outcome::Success => aimd.on_success(),
+                Outcome::Failure(ErrorClass::RateLimited | ErrorClass::Timeout) => {
+                    aimd.on_overload(now)
+                }
+                _ => {}
+            }
+            let limit = aimd.limit();
+            self.board.set_limit(limit);
+            self.metrics.deployments[self.dep.index]
+                .concurrency_limit
+                .set(f64::from(limit));
+        }
         match o.outcome {
             Outcome::Success => {
                 self.successes += 1;
@@ -179,8 +241,7 @@ impl DeploymentActor {
                 if class.is_breaker_failure() {
                     self.breaker.on_failure(now, o.probe);
                 } else if class == ErrorClass::RateLimited {
-                    let d =
-                        rate_limit_cooldown(o.retry_after, self.config.router.rate_limit_cooldown);
+                    let d = rate_limit_cooldown(o.retry_after, self.dep.rate_limit_cooldown);
                     if !d.is_zero() {
                         self.cool(now + d, false);
                     }
@@ -189,10 +250,11 @@ impl DeploymentActor {
                     tracing::warn!(
                         deployment = %self.dep.id,
                         class = class.as_str(),
-                        cooldown_s = self.config.router.long_cooldown.as_secs(),
+                        cooldown_s = self.dep.long_cooldown.as_secs(),
                         "deployment disabled: the upstream refused our credentials or quota"
                     );
-                    self.cool(now + self.config.router.long_cooldown, true);
+                    self.dep_metrics().alert(class);
+                    self.cool(now + self.dep.long_cooldown, true);
                     self.breaker.on_neutral(now, o.probe);
                 } else {
                     // Context window, content policy, bad request: the upstream is healthy.
@@ -205,6 +267,28 @@ impl DeploymentActor {
             }
         }
         self.unpublished_outcomes += 1;
+    }
+
+    /// Keeps the provider's reported headroom; when it says nothing is left, decline until its
+    /// reset.
+    fn note_headroom(&mut self, now: Instant, h: &Headroom) {
+        if let Some(f) = h.fraction() {
+            let valid = h
+                .reset_requests
+                .into_iter()
+                .chain(h.reset_tokens)
+                .max()
+                .unwrap_or(HEADROOM_TTL)
+                .min(HEADROOM_TTL);
+            self.provider_headroom = Some((f, now + valid.max(Duration::from_secs(1))));
+            self.dep_metrics().headroom.set(f);
+        }
+        if let Some(wait) = h.exhausted_until() {
+            let until = now + wait.clamp(Duration::from_millis(100), RETRY_AFTER_MAX);
+            self.provider_exhausted_until = Some(until);
+            self.dep_metrics()
+                .decline(Decline::RateLimited { until }.as_str());
+        }
     }
 
     fn cool(&mut self, until: Instant, long: bool) {
@@ -229,8 +313,12 @@ impl DeploymentActor {
             decline: decline.map(|d| d.as_str()),
             breaker: breaker.as_str(),
             consecutive_failures: self.breaker.consecutive_failures(),
+            ejections: self.breaker.ejections(),
             retry_in_ms: ms_until(decline.and_then(|d| d.until())),
             in_flight: self.board.in_flight(),
+            concurrency_limit: self.board.limit(),
+            throttle: self.throttle,
+            provider_headroom: self.provider_headroom.map(|(h, _)| h),
             successes: self.successes,
             failures: self.failures,
             latency_ewma_ms: self.stats.latency.get().map(|us| us / 1000.0),
@@ -272,7 +360,7 @@ impl Supervised for DeploymentActor {
     /// is not a way around the rpm limit.
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!(deployment = %self.dep.id, "deployment actor restarting");
-        self.breaker = Breaker::new(self.config.breaker);
+        self.breaker = Breaker::new(self.dep.breaker);
         self.breaker_state = BreakerState::Closed;
         self.dep_metrics()
             .breaker_state
@@ -290,7 +378,10 @@ impl Supervised for DeploymentActor {
 /// Routers send it only when the published bid says to ask (`board::Path::Actor`).
 #[derive(Message)]
 #[rtype(result = "Result<Grant, Decline>")]
-pub struct Reserve;
+pub struct Reserve {
+    /// Estimated tokens of the request, for the tpm limit.
+    pub tokens: u32,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Grant {
@@ -300,8 +391,8 @@ pub struct Grant {
 
 impl Handler<Reserve> for DeploymentActor {
     type Result = Result<Grant, Decline>;
-    fn handle(&mut self, _: Reserve, _: &mut Context<Self>) -> Self::Result {
-        self.reserve()
+    fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
+        self.reserve(msg.tokens)
     }
 }
 
@@ -325,6 +416,8 @@ pub struct ReportOutcome {
     pub latency: Duration,
     pub ttft: Option<Duration>,
     pub retry_after: Option<Duration>,
+    /// The provider's rate-limit headers on this attempt's response.
+    pub headroom: Option<Headroom>,
 }
 
 /// Outcomes of attempts, in the order one router saw them. Fire and forget (`try_send`); a
@@ -360,8 +453,13 @@ pub struct Snapshot {
     pub decline: Option<&'static str>,
     pub breaker: &'static str,
     pub consecutive_failures: u32,
+    /// Consecutive ejections (each lasts longer).
+    pub ejections: u32,
     pub retry_in_ms: Option<u64>,
     pub in_flight: u32,
+    pub concurrency_limit: Option<u32>,
+    pub throttle: f64,
+    pub provider_headroom: Option<f64>,
     pub successes: u64,
     pub failures: u64,
     pub latency_ewma_ms: Option<f64>,
@@ -382,8 +480,12 @@ impl Snapshot {
             decline: Some("unavailable"),
             breaker: "unknown",
             consecutive_failures: 0,
+            ejections: 0,
             retry_in_ms: None,
             in_flight: 0,
+            concurrency_limit: None,
+            throttle: 0.0,
+            provider_headroom: None,
             successes: 0,
             failures: 0,
             latency_ewma_ms: None,

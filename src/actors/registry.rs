@@ -11,11 +11,12 @@ use actix::Supervisor;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use super::board::Board;
+use super::board::{Board, GroupQueue};
 use super::deployment::DeploymentActor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::policy::retry_budget::RetryBudget;
 
 /// Respawns of one deployment are spaced by at least this, doubling up to `RESPAWN_MAX`.
 const RESPAWN_MIN: Duration = Duration::from_millis(100);
@@ -39,6 +40,9 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     arbiters: Mutex<Vec<Arbiter>>,
     slots: Vec<Slot>,
+    /// Per model group: requests waiting for a slot, and the retry budget.
+    queues: Vec<Arc<GroupQueue>>,
+    budgets: Vec<RetryBudget>,
 }
 
 impl Registry {
@@ -47,11 +51,27 @@ impl Registry {
         let arbiters: Vec<Arbiter> = (0..config.server.actor_threads)
             .map(|_| Arbiter::new())
             .collect();
+        let queues: Vec<Arc<GroupQueue>> = config
+            .groups
+            .iter()
+            .map(|_| Arc::new(GroupQueue::default()))
+            .collect();
+        let budgets = config
+            .groups
+            .iter()
+            .map(|g| {
+                RetryBudget::new(
+                    g.policy.retry_budget_ratio,
+                    g.policy.retry_budget_min_per_sec,
+                    g.policy.retry_budget_window,
+                )
+            })
+            .collect();
         let slots = config
             .deployments
             .iter()
             .map(|dep| {
-                let board = Arc::new(Board::new(dep, clock.clone()));
+                let board = Arc::new(Board::new(dep, queues[dep.group].clone(), clock.clone()));
                 let arbiter = arbiters[dep.index % arbiters.len()].handle();
                 let addr = spawn(&arbiter, &config, dep.index, &clock, &metrics, &board);
                 Slot {
@@ -67,7 +87,19 @@ impl Registry {
             metrics,
             arbiters: Mutex::new(arbiters),
             slots,
+            queues,
+            budgets,
         })
+    }
+
+    /// The wait queue of a model group.
+    pub fn queue(&self, group: usize) -> &GroupQueue {
+        &self.queues[group]
+    }
+
+    /// The retry budget of a model group.
+    pub fn budget(&self, group: usize) -> &RetryBudget {
+        &self.budgets[group]
     }
 
     /// Number of deployments.
@@ -162,13 +194,8 @@ fn spawn(
     board: &Arc<Board>,
 ) -> Addr<DeploymentActor> {
     let dep = config.deployments[deployment].clone();
-    let (config, clock, metrics, board) = (
-        config.clone(),
-        clock.clone(),
-        metrics.clone(),
-        board.clone(),
-    );
+    let (clock, metrics, board) = (clock.clone(), metrics.clone(), board.clone());
     Supervisor::start_in_arbiter(arbiter, move |_| {
-        DeploymentActor::new(dep, config, clock, metrics, board)
+        DeploymentActor::new(dep, clock, metrics, board)
     })
 }

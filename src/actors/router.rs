@@ -15,7 +15,9 @@
 //!    with an error event.
 
 use std::cell::{Cell, RefCell};
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,15 +33,18 @@ use super::deployment::{
 use super::registry::Registry;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::{Deployment, ModelGroup, RouterConfig, Rule};
 use crate::error::{ErrorClass, GatewayError, UpstreamError};
 use crate::metrics::{Metrics, OUTCOME_CANCELLED, OUTCOME_SUCCESS};
 use crate::policy::backoff::full_jitter;
 use crate::policy::breaker::ProbeTicket;
+use crate::policy::headroom::Headroom;
+use crate::policy::scoring::Ask;
 use crate::policy::scoring::{Bid, Decline};
 use crate::providers::oai::Usage;
 use crate::providers::request::ChatBody;
 use crate::providers::{self, TranslateError};
-use crate::upstream::{self, StreamEnd, Target};
+use crate::upstream::{self, JsonAnswer, OpenStream, StreamEnd, Target};
 
 /// Router mailbox bound; a `Route` is handled by spawning its plan, so the mailbox drains fast.
 pub const MAILBOX_CAPACITY: usize = 1024;
@@ -52,6 +57,22 @@ pub struct Route {
     pub request_id: Arc<str>,
     /// When the handler had the whole body (real time), for overhead accounting.
     pub received: Instant,
+    pub meta: RequestMeta,
+}
+
+/// What the handler learned about the request besides its body.
+#[derive(Debug, Default)]
+pub struct RequestMeta {
+    /// Index into `config.keys` of the client's key (`None`: master key or no auth).
+    pub key: Option<usize>,
+    /// Deployments outside this region are never used (from the key, else the request).
+    pub region: Option<Box<str>>,
+    /// From `x-switchyard-tags` (comma separated).
+    pub tags: Vec<Box<str>>,
+    /// The request's values of the headers the routing rules look at (lower-case names).
+    pub headers: Vec<(Box<str>, Box<str>)>,
+    /// The client's own timeout; it can only shorten the deadline.
+    pub timeout: Option<Duration>,
 }
 
 /// A request that was served (or, for a stream, committed).
@@ -185,6 +206,8 @@ pub struct RouterCore {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub outbox: Rc<Outbox>,
+    /// Round-robin counters, one per model group (per worker: each worker rotates on its own).
+    pub ticks: Vec<Cell<u64>>,
 }
 
 impl RouterActor {
@@ -213,7 +236,7 @@ impl Handler<Route> for RouterActor {
 }
 
 /// A reserved slot on one deployment. Reports exactly one outcome: explicitly, or `Cancelled`
-/// when dropped unreported (the client went away mid-attempt).
+/// when dropped unreported (the client went away mid-attempt, or a hedge lost the race).
 struct Permit {
     deployment: usize,
     outbox: Rc<Outbox>,
@@ -221,6 +244,9 @@ struct Permit {
     board: Arc<Board>,
     metrics: Arc<Metrics>,
     reported: bool,
+    /// Tokens reserved against the deployment's tpm limit, until corrected by real usage.
+    tokens: u32,
+    tokens_settled: bool,
 }
 
 impl Permit {
@@ -230,6 +256,7 @@ impl Permit {
         latency: Duration,
         ttft: Option<Duration>,
         retry_after: Option<Duration>,
+        headroom: Option<Headroom>,
     ) {
         let slot = match outcome {
             // Not the attempt's end: the breaker's verdict on a probe, sent early.
@@ -243,19 +270,30 @@ impl Permit {
         }
         self.reported = true;
         self.metrics.deployments[self.deployment].attempts[slot].increment(1);
-        let urgent = self.probe.is_some() || matches!(outcome, Outcome::Failure(_));
+        let urgent = self.probe.is_some()
+            || matches!(outcome, Outcome::Failure(_))
+            || headroom
+                .as_ref()
+                .is_some_and(|h| h.exhausted_until().is_some());
         let msg = ReportOutcome {
             outcome,
             probe: self.probe,
             latency,
             ttft,
             retry_after,
+            headroom,
         };
         self.outbox.send(self.deployment, msg, urgent);
     }
-}
 
-impl Permit {
+    /// Corrects the tpm reservation with the tokens really used (`None`: give it back).
+    fn settle_tokens(&mut self, used: Option<u64>) {
+        if !self.tokens_settled {
+            self.tokens_settled = true;
+            self.board.settle_tokens(self.tokens, used);
+        }
+    }
+
     /// A streamed probe reached its commit point: give the breaker its verdict now. The
     /// permit's final report then goes without the probe ticket.
     fn probe_committed(&mut self) {
@@ -268,23 +306,25 @@ impl Permit {
             latency: Duration::ZERO,
             ttft: None,
             retry_after: None,
+            headroom: None,
         };
         self.outbox.send(self.deployment, msg, true);
     }
+}
 
-    /// An attempt's time limit: a half-open probe is also bounded by `probe_timeout_ms`.
-    fn limit(&self, attempt_limit: Duration, probe_timeout: Duration) -> Duration {
-        if self.probe.is_some() {
-            attempt_limit.min(probe_timeout)
-        } else {
-            attempt_limit
-        }
+/// An attempt's time limit: a probe is also bounded by its probe timeout.
+fn attempt_limit(limit: Duration, probe: bool, probe_timeout: Duration) -> Duration {
+    if probe {
+        limit.min(probe_timeout)
+    } else {
+        limit
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.report(Outcome::Cancelled, Duration::ZERO, None, None);
+        self.report(Outcome::Cancelled, Duration::ZERO, None, None, None);
+        self.settle_tokens(None);
         // INVARIANT: the permit was created holding exactly one unit of in-flight.
         self.board.release();
         self.metrics.deployments[self.deployment]
@@ -310,6 +350,10 @@ struct PlanState {
     declines: Vec<(usize, &'static str)>,
     translate_error: Option<TranslateError>,
     deadline_hit: bool,
+    /// The group's retry budget refused a retry: the plan stops.
+    budget_spent: bool,
+    /// Deployments left out because they are outside the request's region.
+    region_excluded: u32,
 }
 
 impl PlanState {
@@ -360,81 +404,228 @@ enum GroupEnd {
     Exhausted,
 }
 
+/// One request's routing context, fixed for the whole plan.
+struct Plan<'a> {
+    msg: &'a Route,
+    /// The group the client asked for (after tenant, alias and wildcard resolution).
+    requested: usize,
+    /// For a wildcard group: the model to send upstream instead of the deployment's.
+    passthrough: Option<Box<str>>,
+    deadline: Instant,
+    ask: Ask,
+}
+
+/// An answered attempt, before it is reported and turned into a response.
+enum Answer {
+    Json(JsonAnswer),
+    Stream(Box<OpenStream>),
+}
+
+/// One attempt in flight: its deployment, its permit, when it started.
+struct Attempt {
+    dep: usize,
+    permit: Permit,
+    started: Instant,
+}
+
+/// A failed attempt's lesson for the group loop.
+enum AfterFailure {
+    /// Try the next deployment in the order.
+    Next,
+    /// Leave this group.
+    Exhausted,
+    Stop(GatewayError),
+}
+
 impl RouterCore {
     async fn route(self: Rc<Self>, msg: Route) -> Result<Routed, RouteError> {
-        let Some(group) = self.config.group_by_name(&msg.body.model) else {
-            return Err(RouteError {
-                error: GatewayError::ModelNotFound(msg.body.model.to_string()),
-                group: None,
-                attempts: 0,
-                upstream_wait: Duration::ZERO,
-            });
+        let fail = |error, group| RouteError {
+            error,
+            group,
+            attempts: 0,
+            upstream_wait: Duration::ZERO,
+        };
+        let Some((group, passthrough)) = self.resolve(&msg) else {
+            return Err(fail(
+                GatewayError::ModelNotFound(msg.body.model.to_string()),
+                None,
+            ));
         };
         let requested = group.index;
-        let deadline = self.clock.now() + self.config.router.timeout;
+        let policy = &group.policy;
+        let now = self.clock.now();
+        let timeout = msg
+            .meta
+            .timeout
+            .map_or(policy.timeout, |t| t.min(policy.timeout));
+        let facts = &msg.body.facts;
+        let plan = Plan {
+            msg: &msg,
+            requested,
+            passthrough,
+            deadline: now + timeout,
+            ask: Ask {
+                est_prompt_tokens: u64::from(facts.est_prompt_tokens),
+                est_completion_tokens: u64::from(facts.max_tokens.unwrap_or(256)),
+                stream: facts.stream,
+            },
+        };
+        self.registry.budget(requested).request(now);
         let mut st = PlanState::new();
-        let chain: Vec<usize> = std::iter::once(requested)
-            .chain(group.fallbacks.iter().copied())
-            .collect();
-        for (pos, &g) in chain.iter().enumerate() {
-            if pos > 0 {
-                self.metrics.fallbacks[requested][pos - 1].increment(1);
-                tracing::debug!(request_id = %msg.request_id, from = %self.config.groups[requested].name, to = %self.config.groups[g].name, "falling back");
+        let end = self.run_group(&plan, requested, true, &mut st).await;
+        let end = match end {
+            GroupEnd::Exhausted if !st.deadline_hit && !st.budget_spent => {
+                self.run_fallbacks(&plan, group, &mut st).await
             }
-            match self
-                .run_group(requested, g, pos == 0, &msg, deadline, &mut st)
-                .await
-            {
-                GroupEnd::Served(routed) => return Ok(routed),
-                GroupEnd::Stop(error) => {
-                    return Err(RouteError {
-                        error,
-                        group: Some(requested),
-                        attempts: st.attempts,
-                        upstream_wait: st.upstream_wait,
-                    })
-                }
-                GroupEnd::Exhausted => {}
-            }
-            if st.deadline_hit {
-                break;
-            }
-        }
+            other => other,
+        };
+        let error = match end {
+            GroupEnd::Served(routed) => return Ok(routed),
+            GroupEnd::Stop(error) => error,
+            GroupEnd::Exhausted => self.final_error(&plan, &st),
+        };
         Err(RouteError {
-            error: self.final_error(requested, &st),
+            error,
             group: Some(requested),
             attempts: st.attempts,
             upstream_wait: st.upstream_wait,
         })
     }
 
-    /// Tries one model group. `primary` groups may wait and retry the same deployment;
+    /// The fallback chain for how the requested group failed: the content-policy chain after a
+    /// refusal (none configured: the refusal goes back to the client), the context-window chain
+    /// after a prompt too long (else the default chain), otherwise the default chain. Each
+    /// fallback group gets one pass and is not retried.
+    async fn run_fallbacks(
+        &self,
+        plan: &Plan<'_>,
+        group: &ModelGroup,
+        st: &mut PlanState,
+    ) -> GroupEnd {
+        let class = st.last_error.as_ref().map(|(_, e)| e.class);
+        let chain = match class {
+            Some(ErrorClass::ContentPolicy) if group.content_policy_fallbacks.is_empty() => {
+                return GroupEnd::Stop(self.client_error(st));
+            }
+            Some(ErrorClass::ContentPolicy) => &group.content_policy_fallbacks,
+            Some(ErrorClass::ContextWindow) if !group.context_window_fallbacks.is_empty() => {
+                &group.context_window_fallbacks
+            }
+            _ => &group.fallbacks,
+        };
+        for &g in chain {
+            self.metrics.fallback(plan.requested, g);
+            tracing::debug!(request_id = %plan.msg.request_id, from = %group.name, to = %self.config.groups[g].name, "falling back");
+            match self.run_group(plan, g, false, st).await {
+                GroupEnd::Exhausted if !st.deadline_hit && !st.budget_spent => {}
+                end => return end,
+            }
+        }
+        GroupEnd::Exhausted
+    }
+
+    /// The model group a request resolves to, and the model a wildcard group passes through.
+    /// A key with a tenant sees its tenant's groups first (`gpt-4o` -> `tenant-a/gpt-4o`), then
+    /// the shared ones; no key sees another tenant's groups.
+    fn resolve(&self, msg: &Route) -> Option<(&ModelGroup, Option<Box<str>>)> {
+        let config = &self.config;
+        let name: &str = &msg.body.model;
+        let key = msg.meta.key.map(|k| &config.keys[k]);
+        if let Some(owner) = config.tenant_of(name) {
+            // The master key (or no auth) may address any tenant; a key only its own.
+            if key.is_some_and(|k| k.tenant.as_deref() != Some(owner)) {
+                return None;
+            }
+        }
+        let own = key
+            .and_then(|k| k.tenant.as_deref())
+            .filter(|_| config.tenant_of(name).is_none())
+            .and_then(|t| {
+                let scoped = format!("{t}/{name}");
+                config.resolve(&scoped).map(|g| (g, scoped))
+            });
+        let (group, resolved) = match own {
+            Some(found) => found,
+            None => (config.resolve(name)?, name.to_owned()),
+        };
+        let resolved = config
+            .aliases
+            .get(resolved.as_str())
+            .map_or(resolved, |t| t.to_string());
+        let passthrough = group
+            .wildcard
+            .as_deref()
+            .and_then(|prefix| resolved.strip_prefix(prefix))
+            .map(Box::from);
+        Some((group, passthrough))
+    }
+
+    /// The first rule that matches this request in group `g`.
+    fn rule_for(&self, g: usize, msg: &Route) -> Option<&Rule> {
+        let meta = &msg.meta;
+        self.config.rules.iter().find(|r| {
+            r.group.is_none_or(|rg| rg == g)
+                && r.user
+                    .as_deref()
+                    .is_none_or(|u| msg.body.facts.user.as_deref() == Some(u))
+                && r.key
+                    .as_deref()
+                    .is_none_or(|k| meta.key.is_some_and(|i| *self.config.keys[i].name == *k))
+                && r.headers.iter().all(|(name, value)| {
+                    meta.headers
+                        .iter()
+                        .any(|(n, v)| **n == **name && **v == **value)
+                })
+                && r.tags
+                    .iter()
+                    .all(|t| meta.tags.iter().any(|have| **have == **t))
+        })
+    }
+
+    /// Tries one model group. The requested group may wait and retry the same deployment;
     /// fallback groups get one pass over their available deployments.
     async fn run_group(
         &self,
-        requested: usize,
+        plan: &Plan<'_>,
         g: usize,
         primary: bool,
-        msg: &Route,
-        deadline: Instant,
         st: &mut PlanState,
     ) -> GroupEnd {
-        let deployments = &self.config.groups[g].deployments;
-        let max_attempts = 1 + self.config.router.num_retries;
+        let group = &self.config.groups[g];
+        let policy: &RouterConfig = &group.policy;
+        let rule = self.rule_for(g, plan.msg);
+        let region = plan.msg.meta.region.as_deref();
+        let deployments: Vec<usize> = group
+            .deployments
+            .iter()
+            .copied()
+            .filter(|&d| {
+                let in_region =
+                    region.is_none_or(|r| self.config.deployments[d].region.as_deref() == Some(r));
+                if !in_region {
+                    st.region_excluded += 1;
+                }
+                in_region && rule.is_none_or(|r| r.only.is_empty() || r.only.contains(&d))
+            })
+            .collect();
+        let max_attempts = 1 + policy.num_retries;
         let mut attempts_here = 0u32;
         // Deployments that failed in this request, and when each may be tried again (if ever).
         let mut failed: Vec<(usize, Option<Instant>)> = Vec::new();
+        // When a wait for a free slot (all deployments at their concurrency limit) gives up.
+        let mut queue_deadline: Option<Instant> = None;
         loop {
             if attempts_here >= max_attempts {
                 return GroupEnd::Exhausted;
             }
-            if self.clock.now() >= deadline {
+            if self.clock.now() >= plan.deadline {
                 st.deadline_hit = true;
                 return GroupEnd::Exhausted;
             }
             let now = self.clock.now();
             let mut candidates: Vec<Bid> = Vec::with_capacity(deployments.len());
-            for &d in deployments {
+            let mut at_capacity = false;
+            for &d in &deployments {
                 if failed.iter().any(|(f, _)| *f == d) {
                     continue;
                 }
@@ -444,103 +635,98 @@ impl RouterCore {
                     st.note_decline(d, &Decline::Unavailable, now);
                     continue;
                 }
-                let (b, _) = self.registry.board(d).bid(d, now);
+                let (mut b, _) = self.registry.board(d).bid(d, now);
                 match &b.decline {
-                    Some(d) => {
-                        self.metrics.deployments[b.deployment].decline(d.as_str());
-                        st.note_decline(b.deployment, d, now);
+                    Some(decline) => {
+                        at_capacity |= *decline == Decline::AtCapacity;
+                        self.metrics.deployments[d].decline(decline.as_str());
+                        st.note_decline(d, decline, now);
                     }
-                    None => candidates.push(b),
+                    None => {
+                        if rule.is_some_and(|r| !r.prefer.is_empty() && !r.prefer.contains(&d)) {
+                            // Not preferred: after every preferred deployment.
+                            b.order = b.order.saturating_add(1 << 16);
+                        }
+                        candidates.push(b);
+                    }
                 }
             }
-            let order = self
-                .config
-                .router
+            let tick = self
+                .ticks
+                .get(g)
+                .map_or(0, |t| t.replace(t.get().wrapping_add(1)));
+            let mut order = policy
                 .strategy
-                .order(&candidates, &mut || fastrand::f64());
+                .order(&candidates, &plan.ask, tick, &mut || fastrand::f64())
+                .into_iter();
 
             let mut attempted = false;
-            for dep in order {
-                let body = match providers::build_body(&self.config.deployments[dep], &msg.body) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // This provider cannot express the request; others may.
-                        st.translate_error.get_or_insert(e);
-                        failed.push((dep, None));
-                        continue;
-                    }
+            while let Some(dep) = order.next() {
+                let Some(first) = self.start(plan, dep, st, &mut failed).await else {
+                    continue;
                 };
-                let permit = match self.reserve(dep).await {
-                    Ok(p) => p,
-                    Err(d) => {
-                        self.metrics.deployments[dep].decline(d.as_str());
-                        st.note_decline(dep, &d, self.clock.now());
-                        continue;
-                    }
-                };
+                if attempts_here > 0 && !self.may_retry(plan, st) {
+                    return GroupEnd::Exhausted;
+                }
                 attempts_here += 1;
                 st.attempts += 1;
                 if attempts_here > 1 {
                     self.metrics.retries[g].increment(1);
                 }
                 attempted = true;
-                let result = if msg.body.facts.stream {
-                    self.attempt_stream(requested, dep, permit, body, msg, deadline, st)
-                        .await
-                } else {
-                    self.attempt_json(requested, dep, permit, body, deadline, st)
-                        .await
-                };
-                let e = match result {
-                    Ok(routed) => return GroupEnd::Served(routed),
-                    Err(e) => e,
-                };
-                tracing::debug!(
-                    request_id = %msg.request_id,
-                    deployment = %self.config.deployments[dep].id,
-                    class = e.class.as_str(),
-                    status = e.status,
-                    "attempt failed"
-                );
-                let class = e.class;
-                let retry_after = e.retry_after;
-                if class != ErrorClass::RateLimited {
-                    st.only_rate_limit_failures = false;
-                }
-                st.last_error = Some((dep, e));
-                if !class.moves_on() {
-                    return GroupEnd::Stop(self.client_error(st));
-                }
-                if class.skips_rest_of_group() {
-                    return GroupEnd::Exhausted;
-                }
-                let now = self.clock.now();
-                let again = class.retry_same_deployment().then(|| {
-                    if class == ErrorClass::RateLimited {
-                        let at = now
-                            + rate_limit_cooldown(
-                                retry_after,
-                                self.config.router.rate_limit_cooldown,
-                            );
-                        st.note_rate_limited(dep, at);
-                        at
-                    } else {
-                        now + full_jitter(
-                            attempts_here - 1,
-                            self.config.router.backoff_base,
-                            self.config.router.backoff_max,
-                            fastrand::f64(),
-                        )
+                let (winner, losers) = self
+                    .race(
+                        plan,
+                        g,
+                        policy,
+                        first,
+                        &mut order,
+                        st,
+                        &mut failed,
+                        &mut attempts_here,
+                    )
+                    .await;
+                let mut next = AfterFailure::Next;
+                for (attempt, e) in losers {
+                    match self.after_failure(
+                        plan,
+                        policy,
+                        attempt,
+                        e,
+                        attempts_here,
+                        st,
+                        &mut failed,
+                    ) {
+                        AfterFailure::Next => {}
+                        other => next = other,
                     }
-                });
-                failed.push((dep, again));
-                break;
+                }
+                if let Some((attempt, answer)) = winner {
+                    return GroupEnd::Served(self.finish(plan, attempt, answer, st));
+                }
+                match next {
+                    AfterFailure::Next => break,
+                    AfterFailure::Exhausted => return GroupEnd::Exhausted,
+                    AfterFailure::Stop(e) => return GroupEnd::Stop(e),
+                }
             }
             if attempted {
                 continue;
             }
-            // Nothing could be tried right now. The primary group may wait for a deployment
-            // that failed retryably, if the wait is short enough.
+            // Nothing could be tried right now. Every deployment at its concurrency limit: wait
+            // in the group's bounded queue for a slot.
+            if at_capacity && policy.max_pending > 0 {
+                let now = self.clock.now();
+                let until = *queue_deadline.get_or_insert(now + policy.pending_timeout);
+                if self
+                    .wait_for_slot(g, policy, until.min(plan.deadline))
+                    .await
+                {
+                    continue;
+                }
+            }
+            // The requested group may wait for a deployment that failed retryably, if the wait
+            // is short enough.
             if !primary {
                 return GroupEnd::Exhausted;
             }
@@ -553,13 +739,436 @@ impl RouterCore {
             };
             let now = self.clock.now();
             let wait = at.saturating_duration_since(now);
-            if wait > self.config.router.max_retry_wait || at >= deadline {
+            if wait > policy.max_retry_wait || at >= plan.deadline {
                 return GroupEnd::Exhausted;
             }
             let waited_from = Instant::now();
             self.clock.sleep_until(at).await;
             st.upstream_wait += waited_from.elapsed();
             failed.retain(|&(d, _)| d != dep);
+        }
+    }
+
+    /// Waits until a slot of group `g` is released, or `until`. `false` when the queue is
+    /// full or the wait timed out.
+    async fn wait_for_slot(&self, g: usize, policy: &RouterConfig, until: Instant) -> bool {
+        let queue = self.registry.queue(g);
+        let m = &self.metrics.queued[g];
+        if queue.waiting.load(Ordering::Acquire) >= policy.max_pending {
+            m[2].increment(1);
+            return false;
+        }
+        let now = self.clock.now();
+        if until <= now {
+            m[1].increment(1);
+            return false;
+        }
+        queue.waiting.fetch_add(1, Ordering::AcqRel);
+        let freed = self
+            .clock
+            .timeout_at(until, queue.slot_freed.notified())
+            .await;
+        queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        let served = freed.is_some();
+        m[usize::from(!served)].increment(1);
+        served
+    }
+
+    /// Retries are every attempt after a request's first; the requested group's budget caps
+    /// them so a failing provider cannot multiply the load.
+    fn may_retry(&self, plan: &Plan<'_>, st: &mut PlanState) -> bool {
+        if self
+            .registry
+            .budget(plan.requested)
+            .try_retry(self.clock.now())
+        {
+            return true;
+        }
+        self.metrics.retry_budget_exhausted[plan.requested].increment(1);
+        st.budget_spent = true;
+        false
+    }
+
+    /// Builds the body for `dep` and reserves a permit; `None` (noted in `st`) when the
+    /// provider cannot express the request or the deployment declines.
+    async fn start(
+        &self,
+        plan: &Plan<'_>,
+        dep: usize,
+        st: &mut PlanState,
+        failed: &mut Vec<(usize, Option<Instant>)>,
+    ) -> Option<(Attempt, Bytes)> {
+        let d: &Deployment = &self.config.deployments[dep];
+        let model = match (&plan.passthrough, d.wildcard) {
+            (Some(m), true) => &**m,
+            _ => &*d.upstream_model,
+        };
+        let body = match providers::build_body(d, model, &plan.msg.body) {
+            Ok(b) => b,
+            Err(e) => {
+                // This provider cannot express the request; others may.
+                st.translate_error.get_or_insert(e);
+                failed.push((dep, None));
+                return None;
+            }
+        };
+        let tokens = u32::try_from(plan.ask.est_prompt_tokens + plan.ask.est_completion_tokens)
+            .unwrap_or(u32::MAX);
+        match self.reserve(dep, tokens).await {
+            Ok(permit) => Some((
+                Attempt {
+                    dep,
+                    permit,
+                    started: Instant::now(),
+                },
+                body,
+            )),
+            Err(decline) => {
+                self.metrics.deployments[dep].decline(decline.as_str());
+                st.note_decline(dep, &decline, self.clock.now());
+                None
+            }
+        }
+    }
+
+    /// Runs an attempt; with hedging on, starts a second one on the next deployment in `order`
+    /// when the first has not answered within the hedge delay, and keeps whichever answers
+    /// first (the other is dropped: cancelled upstream, reported `Cancelled`, never billed).
+    /// Returns the winner, if any, and the attempts that failed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the race shares the group loop's whole state; a struct would only rename it"
+    )]
+    async fn race(
+        &self,
+        plan: &Plan<'_>,
+        g: usize,
+        policy: &RouterConfig,
+        first: (Attempt, Bytes),
+        order: &mut std::vec::IntoIter<usize>,
+        st: &mut PlanState,
+        failed: &mut Vec<(usize, Option<Instant>)>,
+        attempts_here: &mut u32,
+    ) -> (Option<(Attempt, Answer)>, Vec<(Attempt, UpstreamError)>) {
+        let (a, body_a) = first;
+        let mut fut_a = pin!(self.call(plan, a.dep, a.permit.probe.is_some(), body_a));
+        let hedge_after = if policy.hedge {
+            self.hedge_delay(plan, g, a.dep, policy)
+        } else {
+            None
+        };
+        let Some(delay) = hedge_after else {
+            let r = fut_a.await;
+            st.upstream_wait += a.started.elapsed();
+            return match r {
+                Ok(answer) => (Some((a, answer)), Vec::new()),
+                Err(e) => (None, vec![(a, e)]),
+            };
+        };
+        let hedge_at = Instant::now() + delay;
+        tokio::select! {
+            r = &mut fut_a => {
+                st.upstream_wait += a.started.elapsed();
+                return match r {
+                    Ok(answer) => (Some((a, answer)), Vec::new()),
+                    Err(e) => (None, vec![(a, e)]),
+                };
+            }
+            () = tokio::time::sleep_until(hedge_at) => {}
+        }
+        // The first attempt is slow: hedge on the next deployment that takes a permit.
+        let mut second = None;
+        for dep in order.by_ref() {
+            if let Some(b) = self.start(plan, dep, st, failed).await {
+                second = Some(b);
+                break;
+            }
+        }
+        let Some((b, body_b)) = second else {
+            let r = fut_a.await;
+            st.upstream_wait += a.started.elapsed();
+            return match r {
+                Ok(answer) => (Some((a, answer)), Vec::new()),
+                Err(e) => (None, vec![(a, e)]),
+            };
+        };
+        self.metrics.hedges[g][0].increment(1);
+        *attempts_here += 1;
+        st.attempts += 1;
+        tracing::debug!(request_id = %plan.msg.request_id, first = %self.config.deployments[a.dep].id, second = %self.config.deployments[b.dep].id, "hedging");
+        let mut fut_b = pin!(self.call(plan, b.dep, b.permit.probe.is_some(), body_b));
+        let mut failures = Vec::new();
+        let mut a = Some(a);
+        let mut b = Some(b);
+        let started = Instant::now();
+        // Both attempts run until one answers or both fail.
+        let winner = loop {
+            tokio::select! {
+                r = &mut fut_a, if a.is_some() => {
+                    let Some(att) = a.take() else { break None };
+                    match r {
+                        Ok(answer) => break Some((att, answer)),
+                        Err(e) => {
+                            failures.push((att, e));
+                            if b.is_none() { break None; }
+                        }
+                    }
+                }
+                r = &mut fut_b, if b.is_some() => {
+                    let Some(att) = b.take() else { break None };
+                    match r {
+                        Ok(answer) => {
+                            self.metrics.hedges[g][1].increment(1);
+                            break Some((att, answer));
+                        }
+                        Err(e) => {
+                            failures.push((att, e));
+                            if a.is_none() { break None; }
+                        }
+                    }
+                }
+                else => break None,
+            }
+        };
+        st.upstream_wait += started.elapsed() + delay;
+        // The loser, if still running, is dropped here with its permit: `Cancelled`.
+        drop(a);
+        drop(b);
+        (winner, failures)
+    }
+
+    /// How long to wait for the first attempt before hedging: the configured delay, else the
+    /// deployment's p95 TTFT (whole latency for non-streams), else the group's slowest known.
+    fn hedge_delay(
+        &self,
+        plan: &Plan<'_>,
+        g: usize,
+        dep: usize,
+        policy: &RouterConfig,
+    ) -> Option<Duration> {
+        if let Some(d) = policy.hedge_delay {
+            return Some(d);
+        }
+        let p95 = |d: usize| {
+            let p = self.registry.board(d).published();
+            if plan.ask.stream {
+                p.ttft_p95_us
+            } else {
+                p.latency_p95_us
+            }
+        };
+        p95(dep)
+            .or_else(|| {
+                self.config.groups[g]
+                    .deployments
+                    .iter()
+                    .filter_map(|&d| p95(d))
+                    .max()
+            })
+            .map(Duration::from_micros)
+    }
+
+    /// Sends one attempt and waits for its answer: the whole body, or a stream up to its first
+    /// meaningful event (the commit point). Never reports; the caller does.
+    async fn call(
+        &self,
+        plan: &Plan<'_>,
+        dep: usize,
+        probe: bool,
+        body: Bytes,
+    ) -> Result<Answer, UpstreamError> {
+        let r = &self.config.router;
+        let d = &self.config.deployments[dep];
+        let policy = &self.config.groups[d.group].policy;
+        let probe_timeout = d.breaker.probe_timeout;
+        let per_try = d.per_try_timeout.unwrap_or(policy.per_try_timeout);
+        if plan.msg.body.facts.stream {
+            let first_token = d.first_token_timeout.unwrap_or(policy.first_token_timeout);
+            let limit = attempt_limit(first_token.min(per_try), probe, probe_timeout);
+            upstream::open_stream(
+                &self.client,
+                &self.targets[dep],
+                body,
+                self.io_deadline(plan.deadline, limit),
+                plan.msg.body.facts.include_usage,
+            )
+            .await
+            .map(|open| Answer::Stream(Box::new(open)))
+        } else {
+            let limit = attempt_limit(per_try, probe, probe_timeout);
+            upstream::call_json(
+                &self.client,
+                &self.targets[dep],
+                body,
+                self.io_deadline(plan.deadline, limit),
+                r.max_response_bytes,
+            )
+            .await
+            .map(Answer::Json)
+        }
+    }
+
+    /// Reports a failed attempt and decides what the group loop does next.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a failure updates the group loop's whole state"
+    )]
+    fn after_failure(
+        &self,
+        plan: &Plan<'_>,
+        policy: &RouterConfig,
+        mut a: Attempt,
+        e: UpstreamError,
+        attempts_here: u32,
+        st: &mut PlanState,
+        failed: &mut Vec<(usize, Option<Instant>)>,
+    ) -> AfterFailure {
+        let dep = a.dep;
+        a.permit.report(
+            Outcome::Failure(e.class),
+            a.started.elapsed(),
+            None,
+            e.retry_after,
+            e.headroom.as_deref().copied(),
+        );
+        tracing::debug!(
+            request_id = %plan.msg.request_id,
+            deployment = %self.config.deployments[dep].id,
+            class = e.class.as_str(),
+            status = e.status,
+            "attempt failed"
+        );
+        let class = e.class;
+        let retry_after = e.retry_after;
+        if class != ErrorClass::RateLimited {
+            st.only_rate_limit_failures = false;
+        }
+        st.last_error = Some((dep, e));
+        if class == ErrorClass::BadRequest {
+            return AfterFailure::Stop(self.client_error(st));
+        }
+        if matches!(class, ErrorClass::ContextWindow | ErrorClass::ContentPolicy) {
+            // The group's other deployments would see the same prompt: the fallback chain
+            // for this class decides (`run_fallbacks`).
+            return AfterFailure::Exhausted;
+        }
+        let now = self.clock.now();
+        let again = class.retry_same_deployment().then(|| {
+            if class == ErrorClass::RateLimited {
+                let d = &self.config.deployments[dep];
+                let at = now + rate_limit_cooldown(retry_after, d.rate_limit_cooldown);
+                st.note_rate_limited(dep, at);
+                at
+            } else {
+                now + full_jitter(
+                    attempts_here.saturating_sub(1),
+                    policy.backoff_base,
+                    policy.backoff_max,
+                    fastrand::f64(),
+                )
+            }
+        });
+        failed.push((dep, again));
+        AfterFailure::Next
+    }
+
+    /// Reports a successful attempt and turns it into the response: the body (billed now), or
+    /// a committed stream whose pump reports and bills when it ends.
+    fn finish(&self, plan: &Plan<'_>, a: Attempt, answer: Answer, st: &mut PlanState) -> Routed {
+        let Attempt {
+            dep,
+            mut permit,
+            started,
+        } = a;
+        let group = self.config.deployments[dep].group;
+        match answer {
+            Answer::Json(answer) => {
+                let latency = started.elapsed();
+                permit.report(Outcome::Success, latency, None, None, answer.headroom);
+                permit.settle_tokens(Some(
+                    answer.usage.prompt_tokens + answer.usage.completion_tokens,
+                ));
+                self.metrics.deployments[dep]
+                    .latency
+                    .record(latency.as_secs_f64());
+                let cost = self.bill(dep, &answer.usage);
+                Routed {
+                    group,
+                    deployment: dep,
+                    attempts: st.attempts,
+                    upstream_wait: st.upstream_wait,
+                    body: RoutedBody::Json {
+                        body: answer.body,
+                        usage: answer.usage,
+                        cost,
+                    },
+                }
+            }
+            Answer::Stream(mut open) => {
+                permit.report(Outcome::ProbeCommitted, Duration::ZERO, None, None, None);
+                let headroom = open.headroom.take();
+                let ttft = open.first_token_at.saturating_duration_since(started);
+                let prelude = open.prelude.clone();
+                let r = &self.config.router;
+                let d = &self.config.deployments[dep];
+                let idle = d
+                    .stream_idle_timeout
+                    .unwrap_or(self.config.groups[group].policy.stream_idle_timeout);
+                let (tx, rx) = mpsc::channel(r.stream_buffer_chunks);
+                let msg = plan.msg;
+                let overhead = msg.received.elapsed().saturating_sub(st.upstream_wait);
+                let log = StreamLog {
+                    request_id: msg.request_id.clone(),
+                    model: msg.body.model.clone(),
+                    group: self.config.groups[group].name.clone(),
+                    deployment: d.id.clone(),
+                    attempts: st.attempts,
+                    overhead,
+                    received: msg.received,
+                };
+                let metrics = self.metrics.clone();
+                let config = self.config.clone();
+                let stream_deadline = self.io_deadline(plan.deadline, Duration::MAX);
+                actix_web::rt::spawn(async move {
+                    let result = upstream::pump(*open, tx, idle, stream_deadline).await;
+                    let latency = started.elapsed();
+                    let m = &metrics.deployments[dep];
+                    if result.invalid_events > 0 {
+                        m.invalid_events.increment(u64::from(result.invalid_events));
+                    }
+                    let cost = bill(&config, &metrics, dep, &result.usage);
+                    let used = result.usage.prompt_tokens + result.usage.completion_tokens;
+                    permit.settle_tokens((used > 0).then_some(used));
+                    match &result.end {
+                        StreamEnd::Complete => {
+                            permit.report(Outcome::Success, latency, Some(ttft), None, headroom);
+                            m.latency.record(latency.as_secs_f64());
+                            m.ttft.record(ttft.as_secs_f64());
+                        }
+                        StreamEnd::Failed(e) => permit.report(
+                            Outcome::Failure(e.class),
+                            latency,
+                            Some(ttft),
+                            e.retry_after,
+                            headroom,
+                        ),
+                        StreamEnd::Cancelled => {
+                            permit.report(Outcome::Cancelled, latency, Some(ttft), None, None)
+                        }
+                    }
+                    drop(permit);
+                    if config.log.requests {
+                        log.emit(&result.end, &result.usage, cost);
+                    }
+                });
+                Routed {
+                    group,
+                    deployment: dep,
+                    attempts: st.attempts,
+                    upstream_wait: st.upstream_wait,
+                    body: RoutedBody::Stream { prelude, rx },
+                }
+            }
         }
     }
 
@@ -571,8 +1180,9 @@ impl RouterCore {
         }
     }
 
-    fn final_error(&self, group: usize, st: &PlanState) -> GatewayError {
-        let model = &self.config.groups[group].name;
+    fn final_error(&self, plan: &Plan<'_>, st: &PlanState) -> GatewayError {
+        let group = &self.config.groups[plan.requested];
+        let model = &group.name;
         let now = self.clock.now();
         let until = |at: Instant| {
             at.saturating_duration_since(now)
@@ -580,11 +1190,7 @@ impl RouterCore {
         };
         if st.deadline_hit {
             return GatewayError::DeadlineExceeded {
-                message: format!(
-                    "the request deadline of {} s passed after {} attempts",
-                    self.config.router.timeout.as_secs_f64(),
-                    st.attempts
-                ),
+                message: format!("the request deadline passed after {} attempts", st.attempts),
             };
         }
         let rate_limited = || GatewayError::RateLimited {
@@ -595,18 +1201,25 @@ impl RouterCore {
                 .map_or(Duration::from_secs(1), until),
         };
         if let Some((dep, e)) = &st.last_error {
+            let budget = if st.budget_spent {
+                " (no more retries: the retry budget is spent)"
+            } else {
+                ""
+            };
             return match e.class {
                 _ if st.only_rate_limit_failures => rate_limited(),
-                ErrorClass::ContextWindow => GatewayError::UpstreamRejected(e.clone()),
+                ErrorClass::ContextWindow | ErrorClass::ContentPolicy => {
+                    GatewayError::UpstreamRejected(e.clone())
+                }
                 ErrorClass::Timeout => GatewayError::DeadlineExceeded {
                     message: format!(
-                        "{} attempt(s) failed; the last, on deployment {}, timed out: {}",
+                        "{} attempt(s) failed; the last, on deployment {}, timed out: {}{budget}",
                         st.attempts, self.config.deployments[*dep].id, e.message
                     ),
                 },
                 _ => GatewayError::UpstreamFailed {
                     message: format!(
-                        "{} attempt(s) failed; the last, on deployment {}: {e}",
+                        "{} attempt(s) failed; the last, on deployment {}: {e}{budget}",
                         st.attempts, self.config.deployments[*dep].id
                     ),
                 },
@@ -636,6 +1249,14 @@ impl RouterCore {
                     .map(until),
             };
         }
+        if let (Some(region), true) = (&plan.msg.meta.region, st.region_excluded > 0) {
+            return GatewayError::Unavailable {
+                message: format!(
+                    "no deployment in region `{region}` serves `{model}` or its fallbacks"
+                ),
+                retry_after: None,
+            };
+        }
         match &st.translate_error {
             Some(t) => GatewayError::BadRequest {
                 message: format!("no deployment serving `{model}` can take this request: {t}"),
@@ -662,19 +1283,19 @@ impl RouterCore {
 
     /// Takes a permit: from the board when the actor published "free", else from the actor.
     /// The board is read again here, so a state published since the bids were read counts.
-    async fn reserve(&self, dep: usize) -> Result<Permit, Decline> {
+    async fn reserve(&self, dep: usize, tokens: u32) -> Result<Permit, Decline> {
         let board = self.registry.board(dep);
         let (_, path) = board.bid(dep, self.clock.now());
         let probe = match path {
             Path::Direct => {
-                board.try_take()?;
+                board.try_take(tokens)?;
                 None
             }
             Path::Actor => {
                 match self
                     .registry
                     .addr(dep)
-                    .send(Reserve)
+                    .send(Reserve { tokens })
                     .timeout(self.config.router.mailbox_timeout)
                     .await
                 {
@@ -695,6 +1316,8 @@ impl RouterCore {
             board: board.clone(),
             metrics: self.metrics.clone(),
             reported: false,
+            tokens: if board.has_tpm() { tokens } else { 0 },
+            tokens_settled: false,
         })
     }
 
@@ -702,154 +1325,6 @@ impl RouterCore {
     fn io_deadline(&self, deadline: Instant, limit: Duration) -> Instant {
         let remaining = deadline.saturating_duration_since(self.clock.now());
         Instant::now() + remaining.min(limit)
-    }
-
-    async fn attempt_json(
-        &self,
-        requested: usize,
-        dep: usize,
-        mut permit: Permit,
-        body: Bytes,
-        deadline: Instant,
-        st: &mut PlanState,
-    ) -> Result<Routed, UpstreamError> {
-        let limit = permit.limit(
-            self.config.router.per_try_timeout,
-            self.config.breaker.probe_timeout,
-        );
-        let io_deadline = self.io_deadline(deadline, limit);
-        let started = Instant::now();
-        let result = upstream::call_json(
-            &self.client,
-            &self.targets[dep],
-            body,
-            io_deadline,
-            self.config.router.max_response_bytes,
-        )
-        .await;
-        let latency = started.elapsed();
-        st.upstream_wait += latency;
-        match result {
-            Ok(answer) => {
-                permit.report(Outcome::Success, latency, None, None);
-                let m = &self.metrics.deployments[dep];
-                m.latency.record(latency.as_secs_f64());
-                let cost = self.bill(dep, &answer.usage);
-                Ok(Routed {
-                    group: requested,
-                    deployment: dep,
-                    attempts: st.attempts,
-                    upstream_wait: st.upstream_wait,
-                    body: RoutedBody::Json {
-                        body: answer.body,
-                        usage: answer.usage,
-                        cost,
-                    },
-                })
-            }
-            Err(e) => {
-                permit.report(Outcome::Failure(e.class), latency, None, e.retry_after);
-                Err(e)
-            }
-        }
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one attempt needs the plan's whole context; a struct would only rename it"
-    )]
-    async fn attempt_stream(
-        &self,
-        requested: usize,
-        dep: usize,
-        mut permit: Permit,
-        body: Bytes,
-        msg: &Route,
-        deadline: Instant,
-        st: &mut PlanState,
-    ) -> Result<Routed, UpstreamError> {
-        let r = &self.config.router;
-        let limit = permit.limit(
-            r.first_token_timeout.min(r.per_try_timeout),
-            self.config.breaker.probe_timeout,
-        );
-        let first_token = self.io_deadline(deadline, limit);
-        let started = Instant::now();
-        let opened = upstream::open_stream(
-            &self.client,
-            &self.targets[dep],
-            body,
-            first_token,
-            msg.body.facts.include_usage,
-        )
-        .await;
-        st.upstream_wait += started.elapsed();
-        let open = match opened {
-            Ok(open) => open,
-            Err(e) => {
-                permit.report(
-                    Outcome::Failure(e.class),
-                    started.elapsed(),
-                    None,
-                    e.retry_after,
-                );
-                return Err(e);
-            }
-        };
-        permit.report(Outcome::ProbeCommitted, Duration::ZERO, None, None);
-        let ttft = open.first_token_at.saturating_duration_since(started);
-        let prelude = open.prelude.clone();
-        let (tx, rx) = mpsc::channel(r.stream_buffer_chunks);
-        let overhead = msg.received.elapsed().saturating_sub(st.upstream_wait);
-        let log = StreamLog {
-            request_id: msg.request_id.clone(),
-            model: msg.body.model.clone(),
-            group: self.config.groups[requested].name.clone(),
-            deployment: self.config.deployments[dep].id.clone(),
-            attempts: st.attempts,
-            overhead,
-            received: msg.received,
-        };
-        let metrics = self.metrics.clone();
-        let config = self.config.clone();
-        let idle = r.stream_idle_timeout;
-        let stream_deadline = self.io_deadline(deadline, Duration::MAX);
-        actix_web::rt::spawn(async move {
-            let result = upstream::pump(open, tx, idle, stream_deadline).await;
-            let latency = started.elapsed();
-            let m = &metrics.deployments[dep];
-            if result.invalid_events > 0 {
-                m.invalid_events.increment(u64::from(result.invalid_events));
-            }
-            let cost = bill(&config, &metrics, dep, &result.usage);
-            match &result.end {
-                StreamEnd::Complete => {
-                    permit.report(Outcome::Success, latency, Some(ttft), None);
-                    m.latency.record(latency.as_secs_f64());
-                    m.ttft.record(ttft.as_secs_f64());
-                }
-                StreamEnd::Failed(e) => permit.report(
-                    Outcome::Failure(e.class),
-                    latency,
-                    Some(ttft),
-                    e.retry_after,
-                ),
-                StreamEnd::Cancelled => {
-                    permit.report(Outcome::Cancelled, latency, Some(ttft), None)
-                }
-            }
-            drop(permit);
-            if config.log.requests {
-                log.emit(&result.end, &result.usage, cost);
-            }
-        });
-        Ok(Routed {
-            group: requested,
-            deployment: dep,
-            attempts: st.attempts,
-            upstream_wait: st.upstream_wait,
-            body: RoutedBody::Stream { prelude, rx },
-        })
     }
 
     fn bill(&self, dep: usize, usage: &Usage) -> u64 {

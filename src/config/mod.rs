@@ -32,6 +32,14 @@ pub struct Config {
     /// Indexed by `ModelGroup::index`, in order of first appearance in the file.
     pub groups: Vec<ModelGroup>,
     group_index: HashMap<Arc<str>, usize>,
+    /// Requested name -> model group name.
+    pub aliases: HashMap<Arc<str>, Arc<str>>,
+    /// Wildcard groups as (prefix, group), longest prefix first.
+    pub wildcards: Vec<(Arc<str>, usize)>,
+    pub keys: Vec<ApiKey>,
+    pub rules: Vec<Rule>,
+    /// Every tenant named by a key.
+    pub tenants: Vec<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -51,7 +59,7 @@ pub struct ServerConfig {
     pub master_key: Option<Secret>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouterConfig {
     pub strategy: Strategy,
     pub num_retries: u32,
@@ -71,6 +79,19 @@ pub struct RouterConfig {
     pub max_connections_per_worker: usize,
     pub rate_limit_cooldown: Duration,
     pub long_cooldown: Duration,
+    /// Retries (every attempt after a request's first) may be at most this share of the
+    /// requests over `retry_budget_window`, plus `retry_budget_min_per_sec` per second.
+    pub retry_budget_ratio: f64,
+    pub retry_budget_min_per_sec: u32,
+    pub retry_budget_window: Duration,
+    /// Start a second attempt when the first has not produced its first token in time.
+    pub hedge: bool,
+    /// `None`: the group's p95 time to first token (no hedging before it is known).
+    pub hedge_delay: Option<Duration>,
+    /// Requests that may wait for a deployment at its concurrency limit, per model group.
+    pub max_pending: u32,
+    /// How long such a request waits before it gets a 429.
+    pub pending_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +146,21 @@ pub struct Deployment {
     pub prices: Prices,
     pub default_max_tokens: u32,
     pub anthropic_version: Arc<str>,
+    /// Priority tier: lower first.
+    pub order: u32,
+    pub region: Option<Arc<str>>,
+    pub tpm: Option<NonZeroU32>,
+    /// AIMD concurrency limit between these bounds (`max_concurrency` is the upper).
+    pub adaptive: Option<(u32, u32)>,
+    pub per_try_timeout: Option<Duration>,
+    pub first_token_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub rate_limit_cooldown: Duration,
+    pub long_cooldown: Duration,
+    pub breaker: BreakerConfig,
+    /// For a wildcard group (`openai/*`): the requested model's part after the prefix is sent
+    /// upstream.
+    pub wildcard: bool,
 }
 
 /// Deployments that serve the same client-facing model name, and where to go when they fail.
@@ -133,8 +169,42 @@ pub struct ModelGroup {
     pub index: usize,
     pub name: Arc<str>,
     pub deployments: Vec<usize>,
-    /// Ordered fallback groups (indices), already cut to `router.max_fallbacks`.
+    /// Ordered fallback groups (indices) per error class, already cut to `max_fallbacks`.
     pub fallbacks: Vec<usize>,
+    /// Used after a `context_window` failure; empty = the default chain.
+    pub context_window_fallbacks: Vec<usize>,
+    /// Used after a `content_policy` refusal; empty = the refusal goes back as a 400.
+    pub content_policy_fallbacks: Vec<usize>,
+    /// The group's routing policy: `[router]` with the `[groups.NAME]` overrides applied.
+    pub policy: Arc<RouterConfig>,
+    /// `Some(prefix)` for a wildcard group named `prefix*`.
+    pub wildcard: Option<Arc<str>>,
+}
+
+/// A client key from `[[keys]]`, with the restrictions that travel with it.
+#[derive(Debug)]
+pub struct ApiKey {
+    pub name: Arc<str>,
+    pub key: Secret,
+    pub tenant: Option<Arc<str>>,
+    pub region: Option<Arc<str>>,
+}
+
+/// A conditional routing rule from `[[rules]]`: when every condition holds, the deployments
+/// in `prefer` are tried first (the rest after), or only those in `only` are used.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    /// Model group the rule applies to; `None` = every group.
+    pub group: Option<usize>,
+    pub user: Option<String>,
+    /// Key name.
+    pub key: Option<String>,
+    /// Lower-case header name and exact value.
+    pub headers: Vec<(String, String)>,
+    pub tags: Vec<String>,
+    pub prefer: Vec<usize>,
+    pub only: Vec<usize>,
 }
 
 impl Config {
@@ -153,6 +223,27 @@ impl Config {
 
     pub fn group_by_name(&self, name: &str) -> Option<&ModelGroup> {
         self.group_index.get(name).map(|&i| &self.groups[i])
+    }
+
+    /// Resolves a requested model name, without tenant rules: an alias, then a group, then the
+    /// longest matching wildcard group.
+    pub fn resolve(&self, name: &str) -> Option<&ModelGroup> {
+        let name = self.aliases.get(name).map_or(name, |t| &**t);
+        self.group_by_name(name).or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(prefix, _)| name.len() > prefix.len() && name.starts_with(&**prefix))
+                .map(|&(_, g)| &self.groups[g])
+        })
+    }
+
+    /// The tenant a name is namespaced in (`tenant-a/gpt-4o` -> `tenant-a`), if it is a known one.
+    pub fn tenant_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let (prefix, _) = name.split_once('/')?;
+        self.tenants
+            .iter()
+            .any(|t| **t == *prefix)
+            .then_some(prefix)
     }
 }
 

@@ -92,6 +92,48 @@ pub struct RawRouter {
     pub rate_limit_cooldown_ms: u64,
     #[serde(default = "default_long_cooldown_ms")]
     pub long_cooldown_ms: u64,
+    #[serde(default = "default_retry_budget_ratio")]
+    pub retry_budget_ratio: f64,
+    #[serde(default = "default_retry_budget_min_per_sec")]
+    pub retry_budget_min_per_sec: u32,
+    #[serde(default = "default_retry_budget_window_ms")]
+    pub retry_budget_window_ms: u64,
+    #[serde(default)]
+    pub hedge: bool,
+    /// Unset: the group's p95 time to first token.
+    #[serde(default)]
+    pub hedge_delay_ms: Option<u64>,
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
+    #[serde(default = "default_pending_timeout_ms")]
+    pub pending_timeout_ms: u64,
+}
+
+/// `[router]` keys that only make sense once per gateway, not per model group.
+pub const GLOBAL_ONLY_ROUTER_KEYS: &[&str] = &[
+    "connect_timeout_ms",
+    "max_response_bytes",
+    "stream_buffer_chunks",
+    "mailbox_timeout_ms",
+    "max_connections_per_worker",
+    "rate_limit_cooldown_ms",
+    "long_cooldown_ms",
+];
+
+pub fn default_retry_budget_ratio() -> f64 {
+    0.2
+}
+pub fn default_retry_budget_min_per_sec() -> u32 {
+    10
+}
+pub fn default_retry_budget_window_ms() -> u64 {
+    10_000
+}
+pub fn default_max_pending() -> u32 {
+    256
+}
+pub fn default_pending_timeout_ms() -> u64 {
+    1_000
 }
 
 pub fn default_strategy() -> String {
@@ -151,12 +193,25 @@ pub fn default_long_cooldown_ms() -> u64 {
 pub struct RawBreaker {
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
+    #[serde(default = "default_max_cooldown_ms")]
+    pub max_cooldown_ms: u64,
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
     #[serde(default = "default_half_open_probes")]
     pub half_open_probes: u32,
-    #[serde(default = "default_probe_timeout_ms")]
-    pub probe_timeout_ms: u64,
+    /// Unset: the router's `per_try_timeout_ms`.
+    #[serde(default)]
+    pub probe_timeout_ms: Option<u64>,
 }
 
 pub fn default_consecutive_failures() -> u32 {
@@ -168,8 +223,23 @@ pub fn default_cooldown_ms() -> u64 {
 pub fn default_half_open_probes() -> u32 {
     3
 }
-pub fn default_probe_timeout_ms() -> u64 {
-    60_000
+pub fn default_failure_rate() -> f64 {
+    0.5
+}
+pub fn default_min_calls() -> u32 {
+    20
+}
+pub fn default_window_ms() -> u64 {
+    30_000
+}
+pub fn default_max_cooldown_ms() -> u64 {
+    300_000
+}
+pub fn default_jitter() -> f64 {
+    0.1
+}
+pub fn default_probe_interval_ms() -> u64 {
+    10_000
 }
 
 #[derive(Deserialize, Default)]
@@ -221,6 +291,36 @@ pub struct RawDeployment {
     pub default_max_tokens: u32,
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
+    #[serde(default = "default_order")]
+    pub order: u32,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    #[serde(default)]
+    pub adaptive_concurrency: bool,
+    #[serde(default = "default_min_concurrency")]
+    pub min_concurrency: u32,
+    #[serde(default)]
+    pub per_try_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub stream_idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub rate_limit_cooldown_ms: Option<u64>,
+    #[serde(default)]
+    pub long_cooldown_ms: Option<u64>,
+    /// Overrides of `[breaker]` keys for this deployment (merged before validation).
+    #[serde(default)]
+    pub breaker: Option<toml::Table>,
+}
+
+pub fn default_order() -> u32 {
+    1
+}
+pub fn default_min_concurrency() -> u32 {
+    1
 }
 
 pub fn default_weight() -> u32 {
@@ -238,4 +338,43 @@ pub fn default_anthropic_version() -> String {
 pub struct RawFallback {
     pub from: String,
     pub to: Vec<String>,
+    /// default | context_window | content_policy
+    #[serde(default = "default_fallback_on")]
+    pub on: String,
+}
+
+pub fn default_fallback_on() -> String {
+    "default".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    pub key: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub prefer: Vec<String>,
+    #[serde(default)]
+    pub only: Vec<String>,
 }

@@ -36,11 +36,15 @@ pub fn parse_with_env(
         .collect();
 
     let mut server = RawServer::default_filled();
-    let mut router = RawRouter::default_filled();
-    let mut breaker = RawBreaker::default_filled();
+    let mut router_table = toml::Table::new();
+    let mut breaker_table = toml::Table::new();
     let mut log = RawLog::default_filled();
     let mut deployments: Vec<(String, RawDeployment)> = Vec::new();
     let mut fallbacks: Vec<(String, RawFallback)> = Vec::new();
+    let mut group_tables = toml::Table::new();
+    let mut aliases = toml::Table::new();
+    let mut keys: Vec<(String, RawKey)> = Vec::new();
+    let mut rules: Vec<(String, RawRule)> = Vec::new();
     let mut deployments_seen = false;
 
     for (key, value) in table {
@@ -50,16 +54,8 @@ pub fn parse_with_env(
                     server = s;
                 }
             }
-            "router" => {
-                if let Some(s) = section("router", value, &mut p) {
-                    router = s;
-                }
-            }
-            "breaker" => {
-                if let Some(s) = section("breaker", value, &mut p) {
-                    breaker = s;
-                }
-            }
+            "router" => router_table = table_section("router", value, &mut p),
+            "breaker" => breaker_table = table_section("breaker", value, &mut p),
             "log" => {
                 if let Some(s) = section("log", value, &mut p) {
                     log = s;
@@ -70,9 +66,13 @@ pub fn parse_with_env(
                 deployments = array_section("deployments", value, &mut p);
             }
             "fallbacks" => fallbacks = array_section("fallbacks", value, &mut p),
+            "groups" => group_tables = table_section("groups", value, &mut p),
+            "aliases" => aliases = table_section("aliases", value, &mut p),
+            "keys" => keys = array_section("keys", value, &mut p),
+            "rules" => rules = array_section("rules", value, &mut p),
             other => p.push(
                 other,
-                "unknown section (expected server, router, breaker, log, deployments, fallbacks)",
+                "unknown section (expected server, router, breaker, log, deployments, fallbacks, groups, aliases, keys, rules)",
             ),
         }
     }
@@ -84,18 +84,49 @@ pub fn parse_with_env(
     }
 
     let server = validate_server(server, &mut p);
-    let router = validate_router(router, &mut p);
-    let breaker = validate_breaker(breaker, &mut p);
+    let router_raw: RawRouter = section("router", toml::Value::Table(router_table.clone()), &mut p)
+        .unwrap_or_else(RawRouter::default_filled);
+    let per_try_ms = router_raw.per_try_timeout_ms;
+    let rl_cooldown_ms = router_raw.rate_limit_cooldown_ms;
+    let long_cooldown_ms = router_raw.long_cooldown_ms;
+    let router = validate_router(router_raw, "router", &mut p);
+    let breaker_raw: RawBreaker =
+        section("breaker", toml::Value::Table(breaker_table.clone()), &mut p)
+            .unwrap_or_else(RawBreaker::default_filled);
+    let breaker = validate_breaker(breaker_raw, per_try_ms, "breaker", &mut p);
     let log = validate_log(log, &mut p);
-    let (deployments, mut groups, group_index) = validate_deployments(deployments, &mut p);
-    validate_fallbacks(
-        fallbacks,
-        &models,
+    // An invalid [router] rejects the file; groups meanwhile get the defaults.
+    let global = router.clone().or_else(|| {
+        validate_router(
+            RawRouter::default_filled(),
+            "router",
+            &mut Problems::default(),
+        )
+    });
+    let Some(global) = global.map(Arc::new) else {
+        return Err(ConfigErrors(p.0));
+    };
+    let defaults = DeploymentDefaults {
+        policy: global,
+        breaker: &breaker_table,
+        per_try_ms,
+        rl_cooldown_ms,
+        long_cooldown_ms,
+    };
+    let (deployments, mut groups, group_index) =
+        validate_deployments(deployments, &defaults, &mut p);
+    validate_groups(
+        group_tables,
+        &router_table,
         &mut groups,
         &group_index,
-        router.as_ref().map_or(3, |r| r.max_fallbacks),
         &mut p,
     );
+    validate_fallbacks(fallbacks, &models, &mut groups, &group_index, &mut p);
+    let aliases = validate_aliases(aliases, &groups, &group_index, &mut p);
+    let wildcards = wildcard_groups(&groups);
+    let (keys, tenants) = validate_keys(keys, &mut p);
+    let rules = validate_rules(rules, &deployments, &group_index, &keys, &mut p);
 
     match (server, router, breaker, log) {
         (Some(server), Some(router), Some(breaker), Some(log)) if p.0.is_empty() => Ok(Config {
@@ -106,9 +137,37 @@ pub fn parse_with_env(
             deployments,
             groups,
             group_index,
+            aliases,
+            wildcards,
+            keys,
+            rules,
+            tenants,
         }),
         _ => Err(ConfigErrors(p.0)),
     }
+}
+
+/// A section that must be a table, kept as TOML so parts of it can be merged into others.
+fn table_section(name: &str, value: toml::Value, p: &mut Problems) -> toml::Table {
+    match value {
+        toml::Value::Table(t) => t,
+        other => {
+            p.push(
+                name,
+                format!("must be a table ([{name}]), found {}", other.type_str()),
+            );
+            toml::Table::new()
+        }
+    }
+}
+
+/// `over` laid over `base`, key by key.
+fn merged(base: &toml::Table, over: &toml::Table) -> toml::Value {
+    let mut t = base.clone();
+    for (k, v) in over {
+        t.insert(k.clone(), v.clone());
+    }
+    toml::Value::Table(t)
 }
 
 #[derive(Default)]
@@ -218,8 +277,11 @@ fn join(path: &str, key: &str) -> String {
 fn element_name(path: &str, item: &toml::Value, i: usize) -> String {
     match item.get("id").and_then(|v| v.as_str()) {
         Some(id) => format!("{path}.{id}"),
-        None => match item.get("from").and_then(|v| v.as_str()) {
-            Some(from) if path == "fallbacks" => format!("{path}.{from}"),
+        None => match item
+            .get(if path == "keys" { "name" } else { "from" })
+            .and_then(|v| v.as_str())
+        {
+            Some(from) if path == "fallbacks" || path == "keys" => format!("{path}.{from}"),
             _ => format!("{path}[{i}]"),
         },
     }
@@ -451,13 +513,13 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerConfig> {
     })
 }
 
-fn validate_router(raw: RawRouter, p: &mut Problems) -> Option<RouterConfig> {
+fn validate_router(raw: RawRouter, pre: &str, p: &mut Problems) -> Option<RouterConfig> {
     let before = p.0.len();
     let strategy = match Strategy::parse(&raw.strategy) {
         Some(s) => Some(s),
         None => {
             p.bad(
-                "router.strategy",
+                format!("{pre}.strategy"),
                 format!("{:?}", raw.strategy),
                 &format!(
                     "unknown strategy (expected one of: {})",
@@ -467,91 +529,142 @@ fn validate_router(raw: RawRouter, p: &mut Problems) -> Option<RouterConfig> {
             None
         }
     };
-    let num_retries = in_range("router.num_retries", raw.num_retries, 0, 10, p);
-    let backoff_base = ms("router.backoff_base_ms", raw.backoff_base_ms, 1, DAY_MS, p);
-    let backoff_max = ms("router.backoff_max_ms", raw.backoff_max_ms, 1, DAY_MS, p);
+    let num_retries = in_range(&format!("{pre}.num_retries"), raw.num_retries, 0, 10, p);
+    let backoff_base = ms(
+        &format!("{pre}.backoff_base_ms"),
+        raw.backoff_base_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    let backoff_max = ms(
+        &format!("{pre}.backoff_max_ms"),
+        raw.backoff_max_ms,
+        1,
+        DAY_MS,
+        p,
+    );
     if raw.backoff_max_ms < raw.backoff_base_ms {
         p.bad(
-            "router.backoff_max_ms",
+            format!("{pre}.backoff_max_ms"),
             raw.backoff_max_ms,
-            "must be >= router.backoff_base_ms",
+            &format!("must be >= {pre}.backoff_base_ms"),
         );
     }
     let max_retry_wait = ms(
-        "router.max_retry_wait_ms",
+        &format!("{pre}.max_retry_wait_ms"),
         raw.max_retry_wait_ms,
         0,
         DAY_MS,
         p,
     );
-    let max_fallbacks = in_range("router.max_fallbacks", raw.max_fallbacks, 0, 16, p);
-    let timeout = ms("router.timeout_ms", raw.timeout_ms, 1, DAY_MS, p);
+    let max_fallbacks = in_range(&format!("{pre}.max_fallbacks"), raw.max_fallbacks, 0, 16, p);
+    let timeout = ms(&format!("{pre}.timeout_ms"), raw.timeout_ms, 1, DAY_MS, p);
     let per_try = ms(
-        "router.per_try_timeout_ms",
+        &format!("{pre}.per_try_timeout_ms"),
         raw.per_try_timeout_ms,
         1,
         DAY_MS,
         p,
     );
     let first_token = ms(
-        "router.first_token_timeout_ms",
+        &format!("{pre}.first_token_timeout_ms"),
         raw.first_token_timeout_ms,
         1,
         DAY_MS,
         p,
     );
     let idle = ms(
-        "router.stream_idle_timeout_ms",
+        &format!("{pre}.stream_idle_timeout_ms"),
         raw.stream_idle_timeout_ms,
         1,
         DAY_MS,
         p,
     );
     let connect = ms(
-        "router.connect_timeout_ms",
+        &format!("{pre}.connect_timeout_ms"),
         raw.connect_timeout_ms,
         1,
         DAY_MS,
         p,
     );
     let max_resp = in_range(
-        "router.max_response_bytes",
+        &format!("{pre}.max_response_bytes"),
         raw.max_response_bytes,
         1024,
         1 << 30,
         p,
     );
     let buffer = in_range(
-        "router.stream_buffer_chunks",
+        &format!("{pre}.stream_buffer_chunks"),
         raw.stream_buffer_chunks,
         1,
         1024,
         p,
     );
     let mailbox = ms(
-        "router.mailbox_timeout_ms",
+        &format!("{pre}.mailbox_timeout_ms"),
         raw.mailbox_timeout_ms,
         1,
         60_000,
         p,
     );
     let max_conns = in_range(
-        "router.max_connections_per_worker",
+        &format!("{pre}.max_connections_per_worker"),
         raw.max_connections_per_worker,
         1,
         1 << 20,
         p,
     );
     let rl_cooldown = ms(
-        "router.rate_limit_cooldown_ms",
+        &format!("{pre}.rate_limit_cooldown_ms"),
         raw.rate_limit_cooldown_ms,
         0,
         DAY_MS,
         p,
     );
     let long_cooldown = ms(
-        "router.long_cooldown_ms",
+        &format!("{pre}.long_cooldown_ms"),
         raw.long_cooldown_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    let budget_ratio = in_range(
+        &format!("{pre}.retry_budget_ratio"),
+        raw.retry_budget_ratio,
+        0.0,
+        10.0,
+        p,
+    );
+    let budget_min = in_range(
+        &format!("{pre}.retry_budget_min_per_sec"),
+        raw.retry_budget_min_per_sec,
+        0,
+        1_000_000,
+        p,
+    );
+    let budget_window = ms(
+        &format!("{pre}.retry_budget_window_ms"),
+        raw.retry_budget_window_ms,
+        1_000,
+        3_600_000,
+        p,
+    );
+    let hedge_delay = match raw.hedge_delay_ms {
+        Some(v) => ms(&format!("{pre}.hedge_delay_ms"), v, 1, DAY_MS, p).map(Some),
+        None => Some(None),
+    };
+    let max_pending = in_range(
+        &format!("{pre}.max_pending"),
+        raw.max_pending,
+        0,
+        1_000_000,
+        p,
+    );
+    let pending_timeout = ms(
+        &format!("{pre}.pending_timeout_ms"),
+        raw.pending_timeout_ms,
         0,
         DAY_MS,
         p,
@@ -560,6 +673,13 @@ fn validate_router(raw: RawRouter, p: &mut Problems) -> Option<RouterConfig> {
         return None;
     }
     Some(RouterConfig {
+        retry_budget_ratio: budget_ratio?,
+        retry_budget_min_per_sec: budget_min?,
+        retry_budget_window: budget_window?,
+        hedge: raw.hedge,
+        hedge_delay: hedge_delay?,
+        max_pending: max_pending?,
+        pending_timeout: pending_timeout?,
         strategy: strategy?,
         num_retries: num_retries?,
         backoff_base: backoff_base?,
@@ -580,20 +700,56 @@ fn validate_router(raw: RawRouter, p: &mut Problems) -> Option<RouterConfig> {
     })
 }
 
-fn validate_breaker(raw: RawBreaker, p: &mut Problems) -> Option<BreakerConfig> {
+fn validate_breaker(
+    raw: RawBreaker,
+    per_try_timeout_ms: u64,
+    pre: &str,
+    p: &mut Problems,
+) -> Option<BreakerConfig> {
     let before = p.0.len();
     let failures = in_range(
-        "breaker.consecutive_failures",
+        &format!("{pre}.consecutive_failures"),
         raw.consecutive_failures,
         1,
         1000,
         p,
     );
-    let cooldown = ms("breaker.cooldown_ms", raw.cooldown_ms, 1, DAY_MS, p);
-    let probes = in_range("breaker.half_open_probes", raw.half_open_probes, 1, 100, p);
+    let rate = fraction(&format!("{pre}.failure_rate"), raw.failure_rate, false, p);
+    let min_calls = in_range(&format!("{pre}.min_calls"), raw.min_calls, 1, 1_000_000, p);
+    let window = ms(&format!("{pre}.window_ms"), raw.window_ms, 1_000, DAY_MS, p);
+    let cooldown = ms(&format!("{pre}.cooldown_ms"), raw.cooldown_ms, 1, DAY_MS, p);
+    let max_cooldown = ms(
+        &format!("{pre}.max_cooldown_ms"),
+        raw.max_cooldown_ms,
+        1,
+        DAY_MS,
+        p,
+    );
+    if raw.max_cooldown_ms < raw.cooldown_ms {
+        p.bad(
+            format!("{pre}.max_cooldown_ms"),
+            raw.max_cooldown_ms,
+            &format!("must be >= {pre}.cooldown_ms"),
+        );
+    }
+    let jitter = fraction(&format!("{pre}.jitter"), raw.jitter, true, p);
+    let probe_interval = ms(
+        &format!("{pre}.probe_interval_ms"),
+        raw.probe_interval_ms,
+        0,
+        DAY_MS,
+        p,
+    );
+    let probes = in_range(
+        &format!("{pre}.half_open_probes"),
+        raw.half_open_probes,
+        1,
+        100,
+        p,
+    );
     let probe_timeout = ms(
-        "breaker.probe_timeout_ms",
-        raw.probe_timeout_ms,
+        &format!("{pre}.probe_timeout_ms"),
+        raw.probe_timeout_ms.unwrap_or(per_try_timeout_ms),
         1,
         DAY_MS,
         p,
@@ -603,10 +759,28 @@ fn validate_breaker(raw: RawBreaker, p: &mut Problems) -> Option<BreakerConfig> 
     }
     Some(BreakerConfig {
         consecutive_failures: failures?,
+        failure_rate: rate?,
+        min_calls: min_calls?,
+        window: window?,
         cooldown: cooldown?,
+        max_cooldown: max_cooldown?,
+        jitter: jitter?,
+        probe_interval: probe_interval?,
         half_open_probes: probes?,
         probe_timeout: probe_timeout?,
     })
+}
+
+/// A share in `(0, 1]` (or `[0, 1]` when `zero_ok`).
+fn fraction(key: &str, v: f64, zero_ok: bool, p: &mut Problems) -> Option<f64> {
+    let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+    if low_ok && v <= 1.0 {
+        Some(v)
+    } else {
+        let range = if zero_ok { "[0, 1]" } else { "(0, 1]" };
+        p.bad(key, v, &format!("must be in {range}"));
+        None
+    }
 }
 
 fn validate_log(raw: RawLog, p: &mut Problems) -> Option<LogConfig> {
@@ -670,7 +844,20 @@ type Deployments = (
     HashMap<Arc<str>, usize>,
 );
 
-fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) -> Deployments {
+/// What a deployment inherits unless it says otherwise.
+struct DeploymentDefaults<'a> {
+    policy: Arc<RouterConfig>,
+    breaker: &'a toml::Table,
+    per_try_ms: u64,
+    rl_cooldown_ms: u64,
+    long_cooldown_ms: u64,
+}
+
+fn validate_deployments(
+    raws: Vec<(String, RawDeployment)>,
+    defaults: &DeploymentDefaults<'_>,
+    p: &mut Problems,
+) -> Deployments {
     let mut deployments = Vec::new();
     let mut groups: Vec<ModelGroup> = Vec::new();
     let mut group_index: HashMap<Arc<str>, usize> = HashMap::new();
@@ -715,6 +902,7 @@ fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) ->
                 None
             }
         };
+        let passthrough = raw.upstream_model.is_none();
         let upstream_model = raw.upstream_model.unwrap_or_else(|| raw.model.clone());
         if upstream_model.is_empty() {
             p.bad(k("upstream_model"), "\"\"", "must not be empty");
@@ -780,12 +968,94 @@ fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) ->
                 "must be a version like \"2023-06-01\"",
             );
         }
+        if let Some(region) = &raw.region {
+            if region.is_empty() || region.len() > 64 || !is_label_safe(region) {
+                p.bad(
+                    k("region"),
+                    format!("{region:?}"),
+                    "must be 1-64 characters from A-Z a-z 0-9 . _ -",
+                );
+            }
+        }
+        let tpm = match raw.tpm {
+            Some(0) => {
+                p.bad(k("tpm"), 0, "must be >= 1 (omit it for no limit)");
+                None
+            }
+            other => other.and_then(NonZeroU32::new),
+        };
+        let adaptive = if raw.adaptive_concurrency {
+            match raw.max_concurrency {
+                None => {
+                    p.push(
+                        k("adaptive_concurrency"),
+                        "needs max_concurrency (the ceiling the limit grows to)",
+                    );
+                    None
+                }
+                Some(max) if raw.min_concurrency == 0 || raw.min_concurrency > max => {
+                    p.bad(
+                        k("min_concurrency"),
+                        raw.min_concurrency,
+                        &format!("must be between 1 and max_concurrency ({max})"),
+                    );
+                    None
+                }
+                Some(max) => Some((raw.min_concurrency, max)),
+            }
+        } else {
+            None
+        };
+        let opt_ms = |field: &str, v: Option<u64>, p: &mut Problems| {
+            v.and_then(|v| ms(&k(field), v, 1, DAY_MS, p))
+        };
+        let per_try = opt_ms("per_try_timeout_ms", raw.per_try_timeout_ms, p);
+        let first_token = opt_ms("first_token_timeout_ms", raw.first_token_timeout_ms, p);
+        let idle = opt_ms("stream_idle_timeout_ms", raw.stream_idle_timeout_ms, p);
+        let rl_cooldown = ms(
+            &k("rate_limit_cooldown_ms"),
+            raw.rate_limit_cooldown_ms
+                .unwrap_or(defaults.rl_cooldown_ms),
+            0,
+            DAY_MS,
+            p,
+        );
+        let long_cooldown = ms(
+            &k("long_cooldown_ms"),
+            raw.long_cooldown_ms.unwrap_or(defaults.long_cooldown_ms),
+            0,
+            DAY_MS,
+            p,
+        );
+        let breaker = {
+            let over = raw.breaker.clone().unwrap_or_default();
+            let bkey = k("breaker");
+            section::<RawBreaker>(&bkey, merged(defaults.breaker, &over), p).and_then(|b| {
+                validate_breaker(
+                    b,
+                    raw.per_try_timeout_ms.unwrap_or(defaults.per_try_ms),
+                    &bkey,
+                    p,
+                )
+            })
+        };
         if p.0.len() != before {
             continue;
         }
-        let (Some(provider), Some(endpoint)) = (provider, endpoint) else {
+        let (Some(provider), Some(endpoint), Some(breaker), Some(rl_cooldown), Some(long_cooldown)) =
+            (provider, endpoint, breaker, rl_cooldown, long_cooldown)
+        else {
             continue;
         };
+        let wildcard = raw.model.ends_with('*');
+        if wildcard && raw.model[..raw.model.len() - 1].contains('*') {
+            p.bad(
+                k("model"),
+                format!("{:?}", raw.model),
+                "a wildcard model has one `*`, at the end (e.g. \"openai/*\")",
+            );
+            continue;
+        }
 
         let model: Arc<str> = raw.model.into();
         let group = match group_index.get(&model) {
@@ -797,6 +1067,10 @@ fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) ->
                     name: model.clone(),
                     deployments: Vec::new(),
                     fallbacks: Vec::new(),
+                    context_window_fallbacks: Vec::new(),
+                    content_policy_fallbacks: Vec::new(),
+                    policy: defaults.policy.clone(),
+                    wildcard: wildcard.then(|| model[..model.len() - 1].into()),
                 });
                 group_index.insert(model.clone(), g);
                 g
@@ -823,6 +1097,17 @@ fn validate_deployments(raws: Vec<(String, RawDeployment)>, p: &mut Problems) ->
             },
             default_max_tokens: raw.default_max_tokens,
             anthropic_version: raw.anthropic_version.into(),
+            order: raw.order,
+            region: raw.region.map(Into::into),
+            tpm,
+            adaptive,
+            per_try_timeout: per_try,
+            first_token_timeout: first_token,
+            stream_idle_timeout: idle,
+            rate_limit_cooldown: rl_cooldown,
+            long_cooldown,
+            breaker,
+            wildcard: wildcard && passthrough,
         }));
     }
     (deployments, groups, group_index)
@@ -845,6 +1130,40 @@ fn check_base_url(base: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `[groups.NAME]`: `[router]` keys overridden for one model group.
+fn validate_groups(
+    tables: toml::Table,
+    router: &toml::Table,
+    groups: &mut [ModelGroup],
+    group_index: &HashMap<Arc<str>, usize>,
+    p: &mut Problems,
+) {
+    for (name, value) in tables {
+        let key = format!("groups.{name}");
+        let over = table_section(&key, value, p);
+        let Some(&g) = group_index.get(name.as_str()) else {
+            p.push(key, "no deployment serves this model");
+            continue;
+        };
+        let global_only: Vec<&String> = over
+            .keys()
+            .filter(|k| GLOBAL_ONLY_ROUTER_KEYS.contains(&k.as_str()))
+            .collect();
+        if !global_only.is_empty() {
+            for k in global_only {
+                p.push(format!("{key}.{k}"), "can only be set in [router]");
+            }
+            continue;
+        }
+        let Some(raw) = section::<RawRouter>(&key, merged(router, &over), p) else {
+            continue;
+        };
+        if let Some(policy) = validate_router(raw, &key, p) {
+            groups[g].policy = Arc::new(policy);
+        }
+    }
+}
+
 /// `models` holds every model named by a deployment, valid or not, so a fallback is judged on
 /// its own even when a deployment it names has problems of its own.
 fn validate_fallbacks(
@@ -852,11 +1171,21 @@ fn validate_fallbacks(
     models: &HashSet<String>,
     groups: &mut [ModelGroup],
     group_index: &HashMap<Arc<str>, usize>,
-    max_fallbacks: usize,
     p: &mut Problems,
 ) {
     let mut seen_from = HashSet::new();
     for (name, raw) in raws {
+        if !matches!(
+            raw.on.as_str(),
+            "default" | "context_window" | "content_policy"
+        ) {
+            p.bad(
+                format!("{name}.on"),
+                format!("{:?}", raw.on),
+                "must be one of: default, context_window, content_policy",
+            );
+            continue;
+        }
         if !models.contains(&raw.from) {
             p.bad(
                 format!("{name}.from"),
@@ -865,11 +1194,14 @@ fn validate_fallbacks(
             );
             continue;
         }
-        if !seen_from.insert(raw.from.clone()) {
+        if !seen_from.insert((raw.from.clone(), raw.on.clone())) {
             p.bad(
                 format!("{name}.from"),
                 format!("{:?}", raw.from),
-                "more than one [[fallbacks]] entry for this model",
+                &format!(
+                    "more than one [[fallbacks]] entry for this model with on = {:?}",
+                    raw.on
+                ),
             );
             continue;
         }
@@ -905,10 +1237,209 @@ fn validate_fallbacks(
             .iter()
             .filter_map(|t| group_index.get(t.as_str()).copied())
             .filter(|&g| g != from)
-            .take(max_fallbacks)
+            .take(groups[from].policy.max_fallbacks)
             .collect();
-        groups[from].fallbacks = chain;
+        let group = &mut groups[from];
+        match raw.on.as_str() {
+            "context_window" => group.context_window_fallbacks = chain,
+            "content_policy" => group.content_policy_fallbacks = chain,
+            _ => group.fallbacks = chain,
+        }
     }
+}
+
+/// `[aliases]`: `"requested" = "group"`. An alias names a model group (or a name a wildcard
+/// group serves) and may not shadow a group.
+fn validate_aliases(
+    table: toml::Table,
+    groups: &[ModelGroup],
+    group_index: &HashMap<Arc<str>, usize>,
+    p: &mut Problems,
+) -> HashMap<Arc<str>, Arc<str>> {
+    let mut out = HashMap::new();
+    for (alias, target) in table {
+        let key = format!("aliases.{alias}");
+        let Some(target) = target.as_str() else {
+            p.push(key, "must be a model name (a string)");
+            continue;
+        };
+        if group_index.contains_key(alias.as_str()) {
+            p.bad(
+                key,
+                format!("{target:?}"),
+                "a model group of this name exists; an alias may not shadow it",
+            );
+            continue;
+        }
+        let wildcard_serves = groups.iter().any(|g| {
+            g.wildcard
+                .as_ref()
+                .is_some_and(|pre| target.len() > pre.len() && target.starts_with(&**pre))
+        });
+        if !group_index.contains_key(target) && !wildcard_serves {
+            p.bad(
+                key,
+                format!("{target:?}"),
+                "no deployment serves this model",
+            );
+            continue;
+        }
+        out.insert(alias.into(), target.into());
+    }
+    out
+}
+
+fn wildcard_groups(groups: &[ModelGroup]) -> Vec<(Arc<str>, usize)> {
+    let mut w: Vec<(Arc<str>, usize)> = groups
+        .iter()
+        .filter_map(|g| g.wildcard.clone().map(|pre| (pre, g.index)))
+        .collect();
+    w.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    w
+}
+
+fn validate_keys(raws: Vec<(String, RawKey)>, p: &mut Problems) -> (Vec<ApiKey>, Vec<Arc<str>>) {
+    let mut keys = Vec::new();
+    let mut tenants: Vec<Arc<str>> = Vec::new();
+    let mut names = HashSet::new();
+    for (elem, raw) in raws {
+        let before = p.0.len();
+        if raw.name.is_empty() || raw.name.len() > 64 || !is_label_safe(&raw.name) {
+            p.bad(
+                format!("{elem}.name"),
+                format!("{:?}", raw.name),
+                "must be 1-64 characters from A-Z a-z 0-9 . _ -",
+            );
+        } else if !names.insert(raw.name.clone()) {
+            p.bad(
+                format!("{elem}.name"),
+                format!("{:?}", raw.name),
+                "duplicate key name",
+            );
+        }
+        if raw.key.len() < 16 || !is_header_safe(&raw.key) {
+            p.push(
+                format!("{elem}.key"),
+                "must be at least 16 printable ASCII characters without spaces",
+            );
+        }
+        for (field, v) in [("tenant", &raw.tenant), ("region", &raw.region)] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > 64 || !is_label_safe(v) {
+                    p.bad(
+                        format!("{elem}.{field}"),
+                        format!("{v:?}"),
+                        "must be 1-64 characters from A-Z a-z 0-9 . _ -",
+                    );
+                }
+            }
+        }
+        if p.0.len() != before {
+            continue;
+        }
+        let tenant: Option<Arc<str>> = raw.tenant.map(Into::into);
+        if let Some(t) = &tenant {
+            if !tenants.contains(t) {
+                tenants.push(t.clone());
+            }
+        }
+        keys.push(ApiKey {
+            name: raw.name.into(),
+            key: Secret::new(raw.key),
+            tenant,
+            region: raw.region.map(Into::into),
+        });
+    }
+    (keys, tenants)
+}
+
+fn validate_rules(
+    raws: Vec<(String, RawRule)>,
+    deployments: &[Arc<Deployment>],
+    group_index: &HashMap<Arc<str>, usize>,
+    keys: &[ApiKey],
+    p: &mut Problems,
+) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for (elem, raw) in raws {
+        let before = p.0.len();
+        let group = match &raw.model {
+            Some(m) => match group_index.get(m.as_str()) {
+                Some(&g) => Some(g),
+                None => {
+                    p.bad(
+                        format!("{elem}.model"),
+                        format!("{m:?}"),
+                        "no deployment serves this model",
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(k) = &raw.key {
+            if !keys.iter().any(|key| *key.name == **k) {
+                p.bad(
+                    format!("{elem}.key"),
+                    format!("{k:?}"),
+                    "no [[keys]] entry has this name",
+                );
+            }
+        }
+        let ids = |field: &str, list: &[String], p: &mut Problems| -> Vec<usize> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let d = deployments.iter().find(|d| *d.id == **id);
+                    match d {
+                        Some(d) if group.is_none_or(|g| d.group == g) => Some(d.index),
+                        Some(_) => {
+                            p.bad(
+                                format!("{elem}.{field}[{i}]"),
+                                format!("{id:?}"),
+                                "this deployment does not serve the rule's model",
+                            );
+                            None
+                        }
+                        None => {
+                            p.bad(
+                                format!("{elem}.{field}[{i}]"),
+                                format!("{id:?}"),
+                                "no such deployment",
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let prefer = ids("prefer", &raw.prefer, p);
+        let only = ids("only", &raw.only, p);
+        if prefer.is_empty() == only.is_empty() && p.0.len() == before {
+            p.push(
+                elem.clone(),
+                "needs exactly one of `prefer` or `only` (a non-empty list of deployment ids)",
+            );
+        }
+        if p.0.len() != before {
+            continue;
+        }
+        rules.push(Rule {
+            name: raw.name.unwrap_or_else(|| elem.clone()).into(),
+            group,
+            user: raw.user,
+            key: raw.key,
+            headers: raw
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            tags: raw.tags,
+            prefer,
+            only,
+        });
+    }
+    rules
 }
 
 #[cfg(test)]

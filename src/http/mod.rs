@@ -27,7 +27,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::actors::deployment::{GetSnapshot, Snapshot};
 use crate::actors::registry::Registry;
-use crate::actors::router::{Route, RouteError, Routed, RoutedBody, RouterActor};
+use crate::actors::router::{RequestMeta, Route, RouteError, Routed, RoutedBody, RouterActor};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -196,9 +196,16 @@ fn request_id_value(id: &str) -> HeaderValue {
 }
 
 fn authorized(req: &HttpRequest, config: &Config) -> bool {
-    let Some(key) = &config.server.master_key else {
-        return true;
-    };
+    authenticate(req, config).is_ok()
+}
+
+/// Who is calling: `Ok(None)` for the master key (or when no key is configured), `Ok(Some(i))`
+/// for `config.keys[i]`, `Err` for a missing or unknown key. Every configured key is compared
+/// in constant time.
+fn authenticate(req: &HttpRequest, config: &Config) -> Result<Option<usize>, GatewayError> {
+    if config.server.master_key.is_none() && config.keys.is_empty() {
+        return Ok(None);
+    }
     let h = req.headers();
     // The scheme name is case-insensitive (RFC 9110 §11.1).
     let bearer = h.get(header::AUTHORIZATION).and_then(|v| {
@@ -206,7 +213,99 @@ fn authorized(req: &HttpRequest, config: &Config) -> bool {
         (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
     });
     let x_api_key = h.get("x-api-key").map(HeaderValue::as_bytes);
-    bearer.or(x_api_key).is_some_and(|k| key.matches(k))
+    let Some(presented) = bearer.or(x_api_key) else {
+        return Err(GatewayError::Unauthorized);
+    };
+    let master = config
+        .server
+        .master_key
+        .as_ref()
+        .is_some_and(|k| k.matches(presented));
+    // No early exit: every key is compared, so timing does not tell which one matched.
+    let mut found = None;
+    for (i, k) in config.keys.iter().enumerate() {
+        if k.key.matches(presented) {
+            found = Some(i);
+        }
+    }
+    match (master, found) {
+        (true, _) => Ok(None),
+        (false, Some(i)) => Ok(Some(i)),
+        (false, None) => Err(GatewayError::Unauthorized),
+    }
+}
+
+pub const HEADER_REGION: &str = "x-switchyard-region";
+pub const HEADER_TAGS: &str = "x-switchyard-tags";
+pub const HEADER_TIMEOUT: &str = "x-switchyard-timeout";
+/// The OpenAI SDKs send their own timeout, in seconds.
+const HEADER_STAINLESS_TIMEOUT: &str = "x-stainless-timeout";
+
+/// Routing facts from the request's headers and the caller's key.
+fn request_meta(
+    req: &HttpRequest,
+    config: &Config,
+    key: Option<usize>,
+) -> Result<RequestMeta, GatewayError> {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let key_region = key.and_then(|k| config.keys[k].region.as_deref());
+    let region = match (key_region, text(HEADER_REGION).filter(|r| !r.is_empty())) {
+        (Some(k), Some(asked)) if k != asked => {
+            return Err(GatewayError::BadRequest {
+                message: format!(
+                    "this key is restricted to region `{k}`; {HEADER_REGION} asked for `{asked}`"
+                ),
+                param: None,
+                code: Some("region_not_allowed".to_owned()),
+            })
+        }
+        (Some(k), _) => Some(Box::from(k)),
+        (None, asked) => asked.map(Box::from),
+    };
+    let tags = text(HEADER_TAGS)
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Box::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
+    for rule in &config.rules {
+        for (name, _) in &rule.headers {
+            if headers.iter().any(|(n, _)| **n == **name) {
+                continue;
+            }
+            if let Some(v) = text(name) {
+                headers.push((Box::from(name.as_str()), Box::from(v)));
+            }
+        }
+    }
+    let seconds = |v: &str| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+    };
+    let timeout = match text(HEADER_TIMEOUT) {
+        Some(v) => Some(seconds(v).ok_or_else(|| {
+            GatewayError::bad_request(
+                format!("{HEADER_TIMEOUT} must be a positive number of seconds, got {v:?}"),
+                None,
+            )
+        })?),
+        // The SDK's own timeout is a hint; a bad one is ignored.
+        None => text(HEADER_STAINLESS_TIMEOUT).and_then(seconds),
+    };
+    Ok(RequestMeta {
+        key,
+        region,
+        tags,
+        headers,
+        timeout,
+    })
 }
 
 async fn read_body(
@@ -375,9 +474,10 @@ pub async fn chat_completions(
         resp
     };
 
-    if !authorized(&req, config) {
-        return fail(GatewayError::Unauthorized, None, None, 0, Duration::ZERO);
-    }
+    let meta = match authenticate(&req, config).and_then(|key| request_meta(&req, config, key)) {
+        Ok(m) => m,
+        Err(e) => return fail(e, None, None, 0, Duration::ZERO),
+    };
     let bytes = match read_body(
         &req,
         payload,
@@ -400,6 +500,7 @@ pub async fn chat_completions(
             body,
             request_id: rid.clone(),
             received,
+            meta,
         })
         .await;
     let routed: Routed = match routed {

@@ -133,14 +133,15 @@ impl Progress {
 }
 
 /// Builds the upstream request body for `dep`.
-pub fn build_body(dep: &Deployment, body: &ChatBody) -> Result<Bytes, TranslateError> {
+/// The upstream request body for `dep`, naming `model` (its `upstream_model`, or what a wildcard
+/// group passes through).
+pub fn build_body(dep: &Deployment, model: &str, body: &ChatBody) -> Result<Bytes, TranslateError> {
     match dep.provider {
-        ProviderKind::OpenAi => Ok(openai::build_request(body, &dep.upstream_model)),
+        ProviderKind::OpenAi => Ok(openai::build_request(body, model)),
         ProviderKind::Anthropic => {
             let req =
                 ChatRequest::from_body(body).map_err(|e| TranslateError::new("", e.to_string()))?;
-            anthropic::build_request(&req, &dep.upstream_model, dep.default_max_tokens)
-                .map(Bytes::from)
+            anthropic::build_request(&req, model, dep.default_max_tokens).map(Bytes::from)
         }
     }
 }

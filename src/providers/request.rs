@@ -113,6 +113,10 @@ pub struct Facts {
     pub include_usage: bool,
     /// Rough prompt size, for limits and cost estimates: a quarter of the body's bytes.
     pub est_prompt_tokens: u32,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// The `user` field, for conditional routing rules.
+    pub user: Option<Box<str>>,
 }
 
 /// A validated request body and the spans of its top-level fields.
@@ -140,6 +144,8 @@ impl ChatBody {
             stream: req.stream,
             include_usage: req.include_usage,
             est_prompt_tokens: u32::try_from(body.bytes.len() / 4).unwrap_or(u32::MAX),
+            max_tokens: req.max_tokens,
+            user: req.user.as_deref().map(Box::from),
         };
         drop(req);
         body.model = model;

@@ -19,6 +19,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::config::{Config, Deployment, RouterConfig};
 use crate::error::{ErrorClass, UpstreamError};
+use crate::policy::headroom::Headroom;
 use crate::providers::oai::{self, Usage};
 use crate::providers::sse::SseDecoder;
 use crate::providers::{self, ProviderKind, StreamTranslator};
@@ -182,13 +183,21 @@ async fn error_from(
         // The status alone still classifies the failure.
         _ => Bytes::new(),
     };
-    providers::classify_error(kind, status, retry_after, &body)
+    let mut e = providers::classify_error(kind, status, retry_after, &body);
+    e.headroom = headroom(&resp).map(Box::new);
+    e
+}
+
+/// The provider's rate-limit headers, if it sent any.
+fn headroom(resp: &ClientResponse) -> Option<Headroom> {
+    crate::policy::headroom::parse(|name| header(resp, name), std::time::SystemTime::now())
 }
 
 /// A complete non-streamed answer.
 pub struct JsonAnswer {
     pub body: Bytes,
     pub usage: Usage,
+    pub headroom: Option<Headroom>,
 }
 
 /// One non-streaming attempt: send, wait for the whole body (bounded in size and time),
@@ -204,13 +213,18 @@ pub async fn call_json(
     if !resp.status().is_success() {
         return Err(error_from(target.kind, resp, deadline).await);
     }
+    let headroom = headroom(&resp);
     let bytes = match timeout_at(deadline, resp.body().limit(max_body)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return Err(payload_error(e)),
         Err(_) => return Err(timed_out("body")),
     };
     let (body, usage) = providers::parse_response(target.kind, bytes)?;
-    Ok(JsonAnswer { body, usage })
+    Ok(JsonAnswer {
+        body,
+        usage,
+        headroom,
+    })
 }
 
 /// A stream that reached its commit point: the bytes to send first, and the rest to pump.
@@ -222,6 +236,7 @@ pub struct OpenStream {
     pub prelude: Bytes,
     /// When the first meaningful event (or the finish) arrived.
     pub first_token_at: Instant,
+    pub headroom: Option<Headroom>,
 }
 
 /// Opens a stream and reads it up to the first meaningful event (or the finish), before
@@ -246,6 +261,7 @@ pub async fn open_stream(
         )
         .with_status(resp.status().as_u16()));
     }
+    let headroom = headroom(&resp);
     let mut decoder = SseDecoder::new();
     let mut translator = StreamTranslator::new(target.kind, include_usage);
     let mut prelude = BytesMut::new();
@@ -284,6 +300,7 @@ pub async fn open_stream(
                 translator,
                 prelude: prelude.freeze(),
                 first_token_at: Instant::now(),
+                headroom,
             });
         }
     }
