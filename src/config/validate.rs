@@ -118,12 +118,13 @@ pub fn parse_with_env(
     validate_groups(
         group_tables,
         &router_table,
+        &models,
         &mut groups,
         &group_index,
         &mut p,
     );
     validate_fallbacks(fallbacks, &models, &mut groups, &group_index, &mut p);
-    let aliases = validate_aliases(aliases, &groups, &group_index, &mut p);
+    let aliases = validate_aliases(aliases, &models, &groups, &mut p);
     let wildcards = wildcard_groups(&groups);
     let (keys, tenants) = validate_keys(keys, &mut p);
     let rules = validate_rules(rules, &deployments, &group_index, &keys, &mut p);
@@ -1134,6 +1135,7 @@ fn check_base_url(base: &str) -> Result<(), &'static str> {
 fn validate_groups(
     tables: toml::Table,
     router: &toml::Table,
+    models: &HashSet<String>,
     groups: &mut [ModelGroup],
     group_index: &HashMap<Arc<str>, usize>,
     p: &mut Problems,
@@ -1141,10 +1143,10 @@ fn validate_groups(
     for (name, value) in tables {
         let key = format!("groups.{name}");
         let over = table_section(&key, value, p);
-        let Some(&g) = group_index.get(name.as_str()) else {
+        if !models.contains(&name) {
             p.push(key, "no deployment serves this model");
             continue;
-        };
+        }
         let global_only: Vec<&String> = over
             .keys()
             .filter(|k| GLOBAL_ONLY_ROUTER_KEYS.contains(&k.as_str()))
@@ -1158,7 +1160,10 @@ fn validate_groups(
         let Some(raw) = section::<RawRouter>(&key, merged(router, &over), p) else {
             continue;
         };
-        if let Some(policy) = validate_router(raw, &key, p) {
+        let policy = validate_router(raw, &key, p);
+        // A group whose deployments all have problems of their own does not exist; the file is
+        // rejected for those.
+        if let (Some(policy), Some(&g)) = (policy, group_index.get(name.as_str())) {
             groups[g].policy = Arc::new(policy);
         }
     }
@@ -1218,6 +1223,12 @@ fn validate_fallbacks(
                     format!("{target:?}"),
                     "no deployment serves this model",
                 );
+            } else if target.ends_with('*') {
+                p.bad(
+                    key,
+                    format!("{target:?}"),
+                    "a wildcard group cannot be a fallback: it serves the model the client names",
+                );
             } else if *target == raw.from {
                 p.bad(
                     key,
@@ -1252,8 +1263,8 @@ fn validate_fallbacks(
 /// group serves) and may not shadow a group.
 fn validate_aliases(
     table: toml::Table,
+    models: &HashSet<String>,
     groups: &[ModelGroup],
-    group_index: &HashMap<Arc<str>, usize>,
     p: &mut Problems,
 ) -> HashMap<Arc<str>, Arc<str>> {
     let mut out = HashMap::new();
@@ -1263,7 +1274,7 @@ fn validate_aliases(
             p.push(key, "must be a model name (a string)");
             continue;
         };
-        if group_index.contains_key(alias.as_str()) {
+        if models.contains(&alias) {
             p.bad(
                 key,
                 format!("{target:?}"),
@@ -1276,7 +1287,7 @@ fn validate_aliases(
                 .as_ref()
                 .is_some_and(|pre| target.len() > pre.len() && target.starts_with(&**pre))
         });
-        if !group_index.contains_key(target) && !wildcard_serves {
+        if !models.contains(target) && !wildcard_serves {
             p.bad(
                 key,
                 format!("{target:?}"),
@@ -1801,6 +1812,166 @@ to = ["m2", "m3"]
         assert_eq!(
             &*c.deployments[2].endpoint,
             "https://api.anthropic.com/v1/messages"
+        );
+    }
+
+    const ROUTING: &str = r#"
+[router]
+strategy = "latency"
+num_retries = 2
+
+[groups."gpt-4o"]
+strategy = "round-robin"
+hedge = true
+hedge_delay_ms = 250
+
+[breaker]
+consecutive_failures = 4
+
+[[deployments]]
+id = "a"
+model = "gpt-4o"
+provider = "openai"
+order = 2
+region = "eu"
+tpm = 1000
+adaptive_concurrency = true
+max_concurrency = 8
+breaker = { consecutive_failures = 2, probe_interval_ms = 0 }
+
+[[deployments]]
+id = "b"
+model = "claude"
+provider = "anthropic"
+
+[[deployments]]
+id = "c"
+model = "openai/*"
+provider = "openai"
+
+[[fallbacks]]
+from = "gpt-4o"
+to = ["claude"]
+on = "context_window"
+
+[aliases]
+"gpt-4" = "gpt-4o"
+"mini" = "openai/gpt-4.1-mini"
+
+[[keys]]
+name = "team-a"
+key = "0123456789abcdef"
+tenant = "tenant-a"
+region = "eu"
+
+[[rules]]
+model = "gpt-4o"
+headers = { "X-Tier" = "premium" }
+prefer = ["a"]
+"#;
+
+    #[test]
+    fn routing_sections_resolve_into_group_policies_deployment_overrides_and_lookups() {
+        let c = parse(ROUTING).unwrap();
+        let g = c.group_by_name("gpt-4o").unwrap();
+        assert_eq!(g.policy.strategy, Strategy::RoundRobin);
+        assert!(g.policy.hedge);
+        assert_eq!(g.policy.hedge_delay, Some(Duration::from_millis(250)));
+        // Not overridden in the group: inherited from [router].
+        assert_eq!(g.policy.num_retries, 2);
+        assert_eq!(
+            c.group_by_name("claude").unwrap().policy.strategy,
+            Strategy::Latency
+        );
+        assert!(g.fallbacks.is_empty());
+        assert_eq!(g.context_window_fallbacks, vec![1]);
+        let a = &c.deployments[0];
+        assert_eq!((a.order, a.region.as_deref()), (2, Some("eu")));
+        assert_eq!(a.tpm.map(NonZeroU32::get), Some(1000));
+        assert_eq!(a.adaptive, Some((1, 8)));
+        assert_eq!(a.breaker.consecutive_failures, 2);
+        assert_eq!(a.breaker.probe_interval, Duration::ZERO);
+        // Not overridden for the deployment: from [breaker], then the defaults.
+        assert_eq!(c.deployments[1].breaker.consecutive_failures, 4);
+        assert_eq!(
+            c.deployments[1].breaker.probe_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.resolve("gpt-4").unwrap().name.as_ref(), "gpt-4o");
+        assert_eq!(c.resolve("mini").unwrap().name.as_ref(), "openai/*");
+        assert_eq!(c.resolve("openai/o3").unwrap().name.as_ref(), "openai/*");
+        assert!(c.resolve("openai/").is_none());
+        assert!(c.deployments[2].wildcard);
+        assert_eq!(c.tenant_of("tenant-a/gpt-4o"), Some("tenant-a"));
+        assert_eq!(c.tenant_of("openai/o3"), None);
+        assert_eq!(
+            c.rules[0].headers,
+            vec![("x-tier".to_owned(), "premium".to_owned())]
+        );
+        assert_eq!(c.rules[0].prefer, vec![0]);
+    }
+
+    #[test]
+    fn routing_sections_name_every_problem() {
+        let p = problems(
+            r#"
+[groups."gpt-4o"]
+connect_timeout_ms = 10
+[groups."nope"]
+strategy = "latency"
+
+[[deployments]]
+id = "a"
+model = "gpt-4o"
+provider = "openai"
+adaptive_concurrency = true
+breaker = { failure_rate = 2.0 }
+
+[[fallbacks]]
+from = "gpt-4o"
+to = ["gpt-4o"]
+on = "sometimes"
+
+[aliases]
+"gpt-4o" = "gpt-4o"
+"x" = "missing"
+
+[[keys]]
+name = "k"
+key = "short"
+
+[[rules]]
+model = "gpt-4o"
+prefer = ["ghost"]
+"#,
+        );
+        assert_has(
+            &p,
+            "groups.gpt-4o.connect_timeout_ms: can only be set in [router]",
+        );
+        assert_has(&p, "groups.nope: no deployment serves this model");
+        assert_has(
+            &p,
+            "deployments.a.adaptive_concurrency: needs max_concurrency",
+        );
+        assert_has(
+            &p,
+            "deployments.a.breaker.failure_rate = 2: must be in (0, 1]",
+        );
+        assert_has(&p, "fallbacks.gpt-4o.on = \"sometimes\"");
+        assert_has(
+            &p,
+            "aliases.gpt-4o = \"gpt-4o\": a model group of this name exists",
+        );
+        assert_has(
+            &p,
+            "aliases.x = \"missing\": no deployment serves this model",
+        );
+        assert_has(&p, "keys.k.key: must be at least 16");
+        assert_has(&p, "rules[0].prefer[0] = \"ghost\": no such deployment");
+        assert!(
+            !p.iter().any(|m| m.contains("short")),
+            "a key's value never appears in a problem: {p:#?}"
         );
     }
 }
