@@ -1180,7 +1180,41 @@ impl RouterCore {
         }
     }
 
+    /// The error when nothing served. A request pinned to a region whose plan left deployments
+    /// out says so: the client learns that other regions could have served.
     fn final_error(&self, plan: &Plan<'_>, st: &PlanState) -> GatewayError {
+        let error = self.plan_error(plan, st);
+        let Some(region) = plan
+            .msg
+            .meta
+            .region
+            .as_deref()
+            .filter(|_| st.region_excluded > 0)
+        else {
+            return error;
+        };
+        let model = &self.config.groups[plan.requested].name;
+        match error {
+            GatewayError::UpstreamFailed { message } => GatewayError::Unavailable {
+                message: format!(
+                    "no deployment in region `{region}` could serve `{model}` ({message}); deployments in other regions were not used"
+                ),
+                retry_after: None,
+            },
+            GatewayError::Unavailable {
+                message,
+                retry_after,
+            } if st.last_error.is_some() || !st.declines.is_empty() => GatewayError::Unavailable {
+                message: format!(
+                    "{message}; only deployments in region `{region}` may serve this request"
+                ),
+                retry_after,
+            },
+            other => other,
+        }
+    }
+
+    fn plan_error(&self, plan: &Plan<'_>, st: &PlanState) -> GatewayError {
         let group = &self.config.groups[plan.requested];
         let model = &group.name;
         let now = self.clock.now();
