@@ -436,4 +436,42 @@ mod tests {
         b.publish(published(Admit::Ask));
         assert_eq!(b.bid(0, now).1, Path::Actor);
     }
+
+    #[test]
+    fn tpm_reserves_the_estimate_and_settles_to_the_real_usage() {
+        let mut b = board(None, None);
+        b.tpm = Some(TokenBucket::new(
+            NonZeroU32::new(1000).unwrap(),
+            b.clock.now(),
+        ));
+        // 600 estimated: the next 600 do not fit.
+        b.try_take(600).unwrap();
+        assert!(matches!(b.try_take(600), Err(Decline::RateLimited { .. })));
+        assert_eq!(b.in_flight(), 1, "the refused take released its slot");
+        // Only 100 were used: 500 come back at once.
+        b.settle_tokens(600, Some(100));
+        b.try_take(600).unwrap();
+        // A failed attempt gives its whole reservation back: 900 free, 300 after the take.
+        b.settle_tokens(600, None);
+        b.try_take(600).unwrap();
+        let h = b.bid(0, b.clock.now()).0.headroom.unwrap();
+        assert!((0.29..=0.31).contains(&h), "tpm headroom {h}");
+    }
+
+    #[test]
+    fn the_limit_in_force_moves_with_the_actor_and_rpm_use_shows_as_headroom() {
+        let b = board(Some(10), Some(4));
+        assert_eq!(b.limit(), Some(4));
+        b.set_limit(1);
+        b.try_take(0).unwrap();
+        assert_eq!(b.try_take(0), Err(Decline::AtCapacity));
+        assert_eq!(b.bid(0, b.clock.now()).0.decline, Some(Decline::AtCapacity));
+        b.set_limit(2);
+        b.try_take(0).unwrap();
+        // 2 of 10 requests this minute.
+        let h = b.bid(0, b.clock.now()).0.headroom.unwrap();
+        assert!((h - 0.8).abs() < 1e-9, "rpm headroom {h}");
+        b.clock.advance(Duration::from_secs(60));
+        assert_eq!(b.bid(0, b.clock.now()).0.headroom, Some(1.0));
+    }
 }
