@@ -421,17 +421,37 @@ pub struct ReportOutcome {
 }
 
 /// Outcomes of attempts, in the order one router saw them. Fire and forget (`try_send`); a
-/// router batches its outcomes (see `router::Outbox`).
-#[derive(Message, Debug)]
+/// router batches its outcomes (see `router::Outbox`). A batch that is never handled (a full
+/// mailbox, or an actor that panicked with it queued) counts itself settled when dropped, so
+/// the board's pending count cannot stick.
+#[derive(Message)]
 #[rtype(result = "()")]
-pub struct ReportOutcomes(pub Vec<ReportOutcome>);
+pub struct ReportOutcomes {
+    reports: Vec<ReportOutcome>,
+    board: Arc<Board>,
+}
+
+impl ReportOutcomes {
+    pub fn new(reports: Vec<ReportOutcome>, board: Arc<Board>) -> Self {
+        ReportOutcomes { reports, board }
+    }
+}
+
+impl Drop for ReportOutcomes {
+    fn drop(&mut self) {
+        if !self.reports.is_empty() {
+            self.board.outcomes_settled(self.reports.len() as u64);
+        }
+    }
+}
 
 impl Handler<ReportOutcomes> for DeploymentActor {
     type Result = ();
-    fn handle(&mut self, msg: ReportOutcomes, _: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: ReportOutcomes, _: &mut Context<Self>) {
         let now = self.clock.now();
-        let n = msg.0.len() as u64;
-        for o in msg.0 {
+        let reports = std::mem::take(&mut msg.reports);
+        let n = reports.len() as u64;
+        for o in reports {
             self.outcome(now, o);
         }
         self.publish(now, false);

@@ -178,20 +178,13 @@ impl Outbox {
             }
             let n = batch.len() as u64;
             let m = &self.metrics.deployments[d];
-            let lost = match self.registry.addr(d).try_send(ReportOutcomes(batch)) {
-                Ok(()) => false,
-                Err(SendError::Full(_)) => {
-                    m.outcomes_dropped.increment(n);
-                    true
-                }
+            let msg = ReportOutcomes::new(batch, self.registry.board(d).clone());
+            // A batch that is not delivered settles itself when dropped.
+            match self.registry.addr(d).try_send(msg) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => m.outcomes_dropped.increment(n),
                 // The actor is gone; the registry respawns it on the next bid read.
-                Err(SendError::Closed(_)) => {
-                    m.actor_closed.increment(1);
-                    true
-                }
-            };
-            if lost {
-                self.registry.board(d).outcomes_settled(n);
+                Err(SendError::Closed(_)) => m.actor_closed.increment(1),
             }
         }
     }
@@ -668,6 +661,9 @@ impl RouterCore {
                 if attempts_here > 0 && !self.may_retry(plan, st) {
                     return GroupEnd::Exhausted;
                 }
+                if queue_deadline.take().is_some() {
+                    self.metrics.queued[g][0].increment(1);
+                }
                 attempts_here += 1;
                 st.attempts += 1;
                 if attempts_here > 1 {
@@ -769,9 +765,12 @@ impl RouterCore {
             .timeout_at(until, queue.slot_freed.notified())
             .await;
         queue.waiting.fetch_sub(1, Ordering::AcqRel);
-        let served = freed.is_some();
-        m[usize::from(!served)].increment(1);
-        served
+        if freed.is_none() {
+            m[1].increment(1);
+        }
+        // A wake-up is not yet a slot (another request may take it): `served` is counted
+        // when the attempt starts.
+        freed.is_some()
     }
 
     /// Retries are every attempt after a request's first; the requested group's budget caps
