@@ -658,7 +658,8 @@ impl RouterCore {
                 let Some(first) = self.start(plan, dep, st, &mut failed).await else {
                     continue;
                 };
-                if attempts_here > 0 && !self.may_retry(plan, st) {
+                // Every attempt after the request's first is a retry, in a fallback group too.
+                if st.attempts > 0 && !self.may_retry(plan, st) {
                     return GroupEnd::Exhausted;
                 }
                 if queue_deadline.take().is_some() {
