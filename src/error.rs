@@ -72,11 +72,10 @@ impl ErrorClass {
         )
     }
 
-    /// May the request move on to another deployment or a fallback group?
-    /// `BadRequest` goes back to the client; `ContentPolicy` only moves to a configured
-    /// content-policy chain (none yet), so it goes back too.
+    /// May the request go on after this failure (to another deployment, or to the fallback
+    /// chain for its class)? `BadRequest` goes back to the client at once.
     pub fn moves_on(self) -> bool {
-        !matches!(self, ErrorClass::BadRequest | ErrorClass::ContentPolicy)
+        !matches!(self, ErrorClass::BadRequest)
     }
 
     /// Does the failure count against the deployment's circuit breaker?
@@ -96,9 +95,10 @@ impl ErrorClass {
     }
 
     /// The other deployments of the same model group serve the same model, so a prompt that is
-    /// too long for one is too long for all of them: skip straight to the fallback groups.
+    /// too long (or refused) for one is for all of them: leave the group, and let the fallback
+    /// chain for the class decide (a refusal without a content-policy chain goes back as 400).
     pub fn skips_rest_of_group(self) -> bool {
-        matches!(self, ErrorClass::ContextWindow)
+        matches!(self, ErrorClass::ContextWindow | ErrorClass::ContentPolicy)
     }
 }
 
@@ -288,22 +288,27 @@ mod tests {
     #[test]
     fn class_table_matches_the_design() {
         use ErrorClass::*;
-        // (class, same deployment again, moves on, breaker failure, long cooldown)
+        // (class, same deployment again, moves on, skips the group, breaker failure, long cooldown)
         let table = [
-            (RateLimited, true, true, false, false),
-            (QuotaExhausted, false, true, false, true),
-            (Overloaded, true, true, true, false),
-            (ServerError, true, true, true, false),
-            (Timeout, false, true, true, false),
-            (Connect, false, true, true, false),
-            (ContextWindow, false, true, false, false),
-            (ContentPolicy, false, false, false, false),
-            (UpstreamAuth, false, true, false, true),
-            (BadRequest, false, false, false, false),
+            (RateLimited, true, true, false, false, false),
+            (QuotaExhausted, false, true, false, false, true),
+            (Overloaded, true, true, false, true, false),
+            (ServerError, true, true, false, true, false),
+            (Timeout, false, true, false, true, false),
+            (Connect, false, true, false, true, false),
+            (ContextWindow, false, true, true, false, false),
+            (ContentPolicy, false, true, true, false, false),
+            (UpstreamAuth, false, true, false, false, true),
+            (BadRequest, false, false, false, false, false),
         ];
-        for (class, same, moves, breaker, long) in table {
+        for (class, same, moves, skips, breaker, long) in table {
             assert_eq!(class.retry_same_deployment(), same, "{class:?} same");
             assert_eq!(class.moves_on(), moves, "{class:?} moves on");
+            assert_eq!(
+                class.skips_rest_of_group(),
+                skips,
+                "{class:?} skips the group"
+            );
             assert_eq!(class.is_breaker_failure(), breaker, "{class:?} breaker");
             assert_eq!(class.is_long_cooldown(), long, "{class:?} long cooldown");
         }

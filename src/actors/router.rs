@@ -345,8 +345,8 @@ struct PlanState {
     deadline_hit: bool,
     /// The group's retry budget refused a retry: the plan stops.
     budget_spent: bool,
-    /// Deployments left out because they are outside the request's region.
-    region_excluded: u32,
+    /// Some deployment was left out because it is outside the request's region.
+    region_excluded: bool,
 }
 
 impl PlanState {
@@ -588,19 +588,20 @@ impl RouterCore {
         let policy: &RouterConfig = &group.policy;
         let rule = self.rule_for(g, plan.msg);
         let region = plan.msg.meta.region.as_deref();
-        let deployments: Vec<usize> = group
-            .deployments
-            .iter()
-            .copied()
-            .filter(|&d| {
-                let in_region =
-                    region.is_none_or(|r| self.config.deployments[d].region.as_deref() == Some(r));
-                if !in_region {
-                    st.region_excluded += 1;
-                }
-                in_region && rule.is_none_or(|r| r.only.is_empty() || r.only.contains(&d))
-            })
-            .collect();
+        // Outside the request's region, or left out by the rule: never used, not even counted
+        // as a decline.
+        let eligible = |d: usize| {
+            region.is_none_or(|r| self.config.deployments[d].region.as_deref() == Some(r))
+                && rule.is_none_or(|r| r.only.is_empty() || r.only.contains(&d))
+        };
+        if region.is_some()
+            && group
+                .deployments
+                .iter()
+                .any(|&d| self.config.deployments[d].region.as_deref() != region)
+        {
+            st.region_excluded = true;
+        }
         let max_attempts = 1 + policy.num_retries;
         let mut attempts_here = 0u32;
         // Deployments that failed in this request, and when each may be tried again (if ever).
@@ -616,10 +617,10 @@ impl RouterCore {
                 return GroupEnd::Exhausted;
             }
             let now = self.clock.now();
-            let mut candidates: Vec<Bid> = Vec::with_capacity(deployments.len());
+            let mut candidates: Vec<Bid> = Vec::with_capacity(group.deployments.len());
             let mut at_capacity = false;
-            for &d in &deployments {
-                if failed.iter().any(|(f, _)| *f == d) {
+            for &d in &group.deployments {
+                if !eligible(d) || failed.iter().any(|(f, _)| *f == d) {
                     continue;
                 }
                 if !self.registry.alive(d) {
@@ -1044,12 +1045,11 @@ impl RouterCore {
             st.only_rate_limit_failures = false;
         }
         st.last_error = Some((dep, e));
-        if class == ErrorClass::BadRequest {
+        if !class.moves_on() {
             return AfterFailure::Stop(self.client_error(st));
         }
-        if matches!(class, ErrorClass::ContextWindow | ErrorClass::ContentPolicy) {
-            // The group's other deployments would see the same prompt: the fallback chain
-            // for this class decides (`run_fallbacks`).
+        if class.skips_rest_of_group() {
+            // The fallback chain for this class decides (`run_fallbacks`).
             return AfterFailure::Exhausted;
         }
         let now = self.clock.now();
@@ -1189,7 +1189,7 @@ impl RouterCore {
             .meta
             .region
             .as_deref()
-            .filter(|_| st.region_excluded > 0)
+            .filter(|_| st.region_excluded)
         else {
             return error;
         };
@@ -1283,7 +1283,7 @@ impl RouterCore {
                     .map(until),
             };
         }
-        if let (Some(region), true) = (&plan.msg.meta.region, st.region_excluded > 0) {
+        if let (Some(region), true) = (&plan.msg.meta.region, st.region_excluded) {
             return GatewayError::Unavailable {
                 message: format!(
                     "no deployment in region `{region}` serves `{model}` or its fallbacks"
