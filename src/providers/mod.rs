@@ -132,7 +132,32 @@ impl Progress {
     };
 }
 
-/// Builds the upstream request body for `dep`.
+/// What a request asks for: which client-facing API it came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Op {
+    /// `POST /v1/chat/completions` (and `/v1/messages`, translated to it).
+    #[default]
+    Chat,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+/// Facts about one upstream response that the body does not carry: read from its headers by
+/// `upstream`, handed to the translation functions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RespMeta<'a> {
+    /// The model name the gateway sent upstream (used when the response names none: Bedrock).
+    pub model: &'a str,
+    /// `created` for OpenAI-shaped output (Unix seconds).
+    pub created: u64,
+    /// The provider's request id header (`x-amzn-RequestId` for Bedrock, `x-request-id`, ...).
+    pub request_id: Option<&'a str>,
+    /// Bedrock's `x-amzn-ErrorType` header, e.g. `ThrottlingException:http://internal...`.
+    pub error_type: Option<&'a str>,
+    /// Bedrock InvokeModel's `x-amzn-bedrock-input-token-count` header (embeddings usage).
+    pub input_token_count: Option<u64>,
+}
+
 /// The upstream request body for `dep`, naming `model` (its `upstream_model`, or what a wildcard
 /// group passes through).
 pub fn build_body(dep: &Deployment, model: &str, body: &ChatBody) -> Result<Bytes, TranslateError> {
