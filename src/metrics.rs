@@ -298,7 +298,7 @@ impl Metrics {
             .iter()
             .map(|d| {
                 let id = &*d.id;
-                let provider = d.provider.as_str();
+                let provider = d.wire.name;
                 let attempts = (0..OUTCOMES)
                     .map(|i| {
                         let outcome = match i {

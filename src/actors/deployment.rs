@@ -308,7 +308,7 @@ impl DeploymentActor {
         Snapshot {
             id: self.dep.id.to_string(),
             model: self.dep.model.to_string(),
-            provider: self.dep.provider.as_str(),
+            provider: self.dep.wire.name,
             available: decline.is_none(),
             decline: decline.map(|d| d.as_str()),
             breaker: breaker.as_str(),
@@ -495,7 +495,7 @@ impl Snapshot {
         Snapshot {
             id: dep.id.to_string(),
             model: dep.model.to_string(),
-            provider: dep.provider.as_str(),
+            provider: dep.wire.name,
             available: false,
             decline: Some("unavailable"),
             breaker: "unknown",

@@ -43,6 +43,7 @@ use crate::policy::scoring::Ask;
 use crate::policy::scoring::{Bid, Decline};
 use crate::providers::oai::Usage;
 use crate::providers::request::ChatBody;
+use crate::providers::Expect;
 use crate::providers::{self, TranslateError};
 use crate::upstream::{self, JsonAnswer, OpenStream, StreamEnd, Target};
 
@@ -983,15 +984,33 @@ impl RouterCore {
         let policy = &self.config.groups[d.group].policy;
         let probe_timeout = d.breaker.probe_timeout;
         let per_try = d.per_try_timeout.unwrap_or(policy.per_try_timeout);
-        if plan.msg.body.facts.stream {
+        let model = match (&plan.passthrough, d.wildcard) {
+            (Some(m), true) => &**m,
+            _ => &*d.upstream_model,
+        };
+        let facts = &plan.msg.body.facts;
+        let target = &self.targets[dep];
+        let call = upstream::Call {
+            model,
+            expect: Expect {
+                op: plan.msg.body.op,
+                embed: facts.embed.map(|ask| {
+                    let t = providers::embed_target(target.wire.kind, model, ask.inputs);
+                    (t.unwrap_or(providers::embeddings::Target::OpenAi), ask)
+                }),
+            },
+            stream: facts.stream,
+        };
+        if facts.stream {
             let first_token = d.first_token_timeout.unwrap_or(policy.first_token_timeout);
             let limit = attempt_limit(first_token.min(per_try), probe, probe_timeout);
             upstream::open_stream(
                 &self.client,
-                &self.targets[dep],
+                target,
+                &call,
                 body,
                 self.io_deadline(plan.deadline, limit),
-                plan.msg.body.facts.include_usage,
+                facts.include_usage,
             )
             .await
             .map(|open| Answer::Stream(Box::new(open)))
@@ -999,7 +1018,8 @@ impl RouterCore {
             let limit = attempt_limit(per_try, probe, probe_timeout);
             upstream::call_json(
                 &self.client,
-                &self.targets[dep],
+                target,
+                &call,
                 body,
                 self.io_deadline(plan.deadline, limit),
                 r.max_response_bytes,

@@ -136,6 +136,8 @@ pub struct Deployment {
     pub group: usize,
     pub model: Arc<str>,
     pub provider: ProviderKind,
+    /// URLs, auth and provider settings.
+    pub wire: crate::providers::Wire,
     pub upstream_model: Arc<str>,
     /// The full URL requests are posted to, derived from `api_base`.
     pub endpoint: Arc<str>,

@@ -291,6 +291,28 @@ pub struct RawDeployment {
     pub default_max_tokens: u32,
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
+    /// Azure: the dated API version; without it the v1 API (`/openai/v1/...`) is used.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure: `api-key` (default) or `bearer`.
+    #[serde(default)]
+    pub azure_auth: Option<String>,
+    /// Bedrock: region (default `AWS_REGION`, then `AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// Bedrock: credentials (default `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+    /// `AWS_SESSION_TOKEN`).
+    #[serde(default)]
+    pub aws_access_key_id: Option<String>,
+    #[serde(default)]
+    pub aws_secret_access_key: Option<String>,
+    #[serde(default)]
+    pub aws_session_token: Option<String>,
+    /// Vertex: project and location (default `us-central1`).
+    #[serde(default)]
+    pub vertex_project: Option<String>,
+    #[serde(default)]
+    pub vertex_location: Option<String>,
     #[serde(default = "default_order")]
     pub order: u32,
     #[serde(default)]

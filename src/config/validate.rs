@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::raw::*;
 use super::*;
+use crate::providers;
 
 /// Parses and validates `text`; `env` resolves `${NAME}` references.
 pub fn parse_with_env(
@@ -114,7 +115,7 @@ pub fn parse_with_env(
         long_cooldown_ms,
     };
     let (deployments, mut groups, group_index) =
-        validate_deployments(deployments, &defaults, &mut p);
+        validate_deployments(deployments, &defaults, env, &mut p);
     validate_groups(
         group_tables,
         &router_table,
@@ -857,6 +858,7 @@ struct DeploymentDefaults<'a> {
 fn validate_deployments(
     raws: Vec<(String, RawDeployment)>,
     defaults: &DeploymentDefaults<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
     p: &mut Problems,
 ) -> Deployments {
     let mut deployments = Vec::new();
@@ -864,7 +866,7 @@ fn validate_deployments(
     let mut group_index: HashMap<Arc<str>, usize> = HashMap::new();
     let mut ids = HashSet::new();
 
-    for (name, raw) in raws {
+    for (name, mut raw) in raws {
         let before = p.0.len();
         let k = |field: &str| format!("{name}.{field}");
         if raw.id.is_empty() || raw.id.len() > 64 || !is_label_safe(&raw.id) {
@@ -889,7 +891,7 @@ fn validate_deployments(
                 "must be 1-256 characters without whitespace",
             );
         }
-        let provider = match ProviderKind::parse(&raw.provider) {
+        let provider = match providers::parse_provider(&raw.provider) {
             Some(kind) => Some(kind),
             None => {
                 p.bad(
@@ -897,7 +899,7 @@ fn validate_deployments(
                     format!("{:?}", raw.provider),
                     &format!(
                         "unknown provider (expected one of: {})",
-                        ProviderKind::NAMES.join(", ")
+                        providers::PROVIDER_NAMES.join(", ")
                     ),
                 );
                 None
@@ -919,9 +921,6 @@ fn validate_deployments(
             },
             None => true,
         };
-        let endpoint = provider
-            .filter(|_| base_ok)
-            .map(|kind| kind.endpoint(raw.api_base.as_deref().unwrap_or(kind.default_api_base())));
         let api_key = match raw.api_key {
             Some(key) if key.is_empty() => {
                 p.push(k("api_key"), "must not be empty (omit it to send no key)");
@@ -936,6 +935,35 @@ fn validate_deployments(
             }
             other => other.map(Secret::new),
         };
+        let wire = provider.filter(|_| base_ok).and_then(|(kind, preset)| {
+            let extras = WireExtras {
+                api_version: raw.api_version.take(),
+                azure_auth: raw.azure_auth.take(),
+                aws_region: raw.aws_region.take(),
+                aws_access_key_id: raw.aws_access_key_id.take(),
+                aws_secret_access_key: raw.aws_secret_access_key.take(),
+                aws_session_token: raw.aws_session_token.take(),
+                vertex_project: raw.vertex_project.take(),
+                vertex_location: raw.vertex_location.take(),
+            };
+            wire(
+                kind,
+                preset,
+                &raw.provider,
+                raw.api_base.as_deref(),
+                api_key.clone(),
+                &raw.anthropic_version,
+                extras,
+                env,
+                &k,
+                p,
+            )
+        });
+        let endpoint = wire.as_ref().map(|w| {
+            w.url(providers::Op::Chat, &upstream_model, false, false)
+                .or_else(|_| w.url(providers::Op::Embeddings, &upstream_model, false, false))
+                .unwrap_or_else(|_| w.base.to_string())
+        });
         if raw.weight == 0 || raw.weight > 1_000_000 {
             p.bad(k("weight"), raw.weight, "must be between 1 and 1000000");
         }
@@ -1043,8 +1071,21 @@ fn validate_deployments(
         if p.0.len() != before {
             continue;
         }
-        let (Some(provider), Some(endpoint), Some(breaker), Some(rl_cooldown), Some(long_cooldown)) =
-            (provider, endpoint, breaker, rl_cooldown, long_cooldown)
+        let (
+            Some((provider, _)),
+            Some(wire),
+            Some(endpoint),
+            Some(breaker),
+            Some(rl_cooldown),
+            Some(long_cooldown),
+        ) = (
+            provider,
+            wire,
+            endpoint,
+            breaker,
+            rl_cooldown,
+            long_cooldown,
+        )
         else {
             continue;
         };
@@ -1085,6 +1126,7 @@ fn validate_deployments(
             group,
             model,
             provider,
+            wire,
             upstream_model: upstream_model.into(),
             endpoint: endpoint.into(),
             api_key,
@@ -1112,6 +1154,239 @@ fn validate_deployments(
         }));
     }
     (deployments, groups, group_index)
+}
+
+/// The provider-specific deployment keys, taken out of the raw deployment.
+struct WireExtras {
+    api_version: Option<String>,
+    azure_auth: Option<String>,
+    aws_region: Option<String>,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
+    vertex_project: Option<String>,
+    vertex_location: Option<String>,
+}
+
+/// Builds how to reach a deployment; every key that belongs to another provider is an error
+/// (a typo'd provider must not silently ignore its settings).
+#[expect(clippy::too_many_arguments, reason = "one deployment's wire settings")]
+fn wire(
+    kind: ProviderKind,
+    preset: providers::Preset,
+    name: &str,
+    api_base: Option<&str>,
+    api_key: Option<Secret>,
+    anthropic_version: &str,
+    x: WireExtras,
+    env: &dyn Fn(&str) -> Option<String>,
+    k: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> Option<providers::Wire> {
+    let before = p.0.len();
+    let only = |p: &mut Problems, set: bool, key: &str, who: &str| {
+        if set {
+            p.push(k(key), format!("only applies to provider = {who}"));
+        }
+    };
+    let is_azure = kind == ProviderKind::Azure;
+    let is_bedrock = kind == ProviderKind::Bedrock;
+    let is_vertex = kind == ProviderKind::Vertex;
+    if !is_azure {
+        only(p, x.api_version.is_some(), "api_version", "\"azure\"");
+        only(p, x.azure_auth.is_some(), "azure_auth", "\"azure\"");
+    }
+    if !is_bedrock {
+        for (key, v) in [
+            ("aws_region", &x.aws_region),
+            ("aws_access_key_id", &x.aws_access_key_id),
+            ("aws_secret_access_key", &x.aws_secret_access_key),
+            ("aws_session_token", &x.aws_session_token),
+        ] {
+            only(p, v.is_some(), key, "\"bedrock\"");
+        }
+    }
+    if !is_vertex {
+        only(
+            p,
+            x.vertex_project.is_some(),
+            "vertex_project",
+            "\"vertex\"",
+        );
+        only(
+            p,
+            x.vertex_location.is_some(),
+            "vertex_location",
+            "\"vertex\"",
+        );
+    }
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if let Some(v) = &x.api_version {
+        if !token_ok(v) {
+            p.bad(
+                k("api_version"),
+                format!("{v:?}"),
+                "must be a version like \"2024-10-21\"",
+            );
+        }
+    }
+    let azure_bearer = match x.azure_auth.as_deref() {
+        None | Some("api-key") => false,
+        Some("bearer") => true,
+        Some(other) => {
+            p.bad(
+                k("azure_auth"),
+                format!("{other:?}"),
+                "must be \"api-key\" or \"bearer\"",
+            );
+            false
+        }
+    };
+    let mut aws = None;
+    let mut default_base = kind.default_api_base(preset).map(str::to_owned);
+    if is_bedrock {
+        let region = x
+            .aws_region
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"));
+        let region = match region {
+            Some(r) if token_ok(&r) => r,
+            Some(r) => {
+                p.bad(
+                    k("aws_region"),
+                    format!("{r:?}"),
+                    "must be a region like \"us-east-1\"",
+                );
+                String::new()
+            }
+            None => {
+                p.push(
+                    k("aws_region"),
+                    "is required for bedrock (or set AWS_REGION in the environment)",
+                );
+                String::new()
+            }
+        };
+        default_base = Some(format!("https://bedrock-runtime.{region}.amazonaws.com"));
+        let from_config = x.aws_access_key_id.is_some() || x.aws_secret_access_key.is_some();
+        let (akid, secret, token) = if from_config {
+            (
+                x.aws_access_key_id,
+                x.aws_secret_access_key,
+                x.aws_session_token,
+            )
+        } else if api_key.is_some() {
+            // A Bedrock API key in config wins over credentials in the environment.
+            (None, None, None)
+        } else {
+            (
+                env("AWS_ACCESS_KEY_ID"),
+                env("AWS_SECRET_ACCESS_KEY"),
+                x.aws_session_token.or_else(|| env("AWS_SESSION_TOKEN")),
+            )
+        };
+        let credentials = match (akid, secret) {
+            (Some(a), Some(s)) if is_header_safe(&a) && !s.is_empty() => {
+                Some(providers::bedrock::AwsCredentials {
+                    access_key_id: a,
+                    secret_access_key: Secret::new(s),
+                    session_token: token.filter(|t| !t.is_empty()).map(Secret::new),
+                })
+            }
+            (None, None) if api_key.is_some() => None,
+            (None, None) => {
+                p.push(
+                    k("aws_access_key_id"),
+                    "bedrock needs credentials: aws_access_key_id and aws_secret_access_key \
+                     (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or a Bedrock api_key",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                p.push(
+                    k("aws_access_key_id"),
+                    "must be printable ASCII without spaces, with a non-empty secret",
+                );
+                None
+            }
+            _ => {
+                p.push(
+                    k("aws_secret_access_key"),
+                    "aws_access_key_id and aws_secret_access_key go together",
+                );
+                None
+            }
+        };
+        aws = Some(providers::Aws {
+            region: region.into(),
+            credentials,
+        });
+    }
+    let mut vertex = None;
+    if is_vertex {
+        let location = x
+            .vertex_location
+            .unwrap_or_else(|| "us-central1".to_owned());
+        if !token_ok(&location) {
+            p.bad(
+                k("vertex_location"),
+                format!("{location:?}"),
+                "must be a location like \"us-central1\"",
+            );
+        }
+        match x.vertex_project {
+            Some(project) if token_ok(&project) => {
+                default_base = Some(if location == "global" {
+                    "https://aiplatform.googleapis.com".to_owned()
+                } else {
+                    format!("https://{location}-aiplatform.googleapis.com")
+                });
+                vertex = Some((project.into(), location.into()));
+            }
+            Some(project) => p.bad(
+                k("vertex_project"),
+                format!("{project:?}"),
+                "must be a project id",
+            ),
+            None => p.push(k("vertex_project"), "is required for vertex"),
+        }
+    }
+    let base = match (api_base, default_base) {
+        (Some(b), _) => b.trim_end_matches('/').to_owned(),
+        (None, Some(d)) => d,
+        (None, None) => {
+            p.push(
+                k("api_base"),
+                format!("is required for provider = {name:?}"),
+            );
+            String::new()
+        }
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    let name = providers::PROVIDER_NAMES
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("openai");
+    Some(providers::Wire {
+        kind,
+        preset,
+        name,
+        base: base.into(),
+        api_key,
+        api_version: x.api_version.map(Into::into),
+        azure_bearer,
+        anthropic_version: anthropic_version.into(),
+        vertex,
+        aws,
+    })
 }
 
 fn check_base_url(base: &str) -> Result<(), &'static str> {

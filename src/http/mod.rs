@@ -31,6 +31,7 @@ use crate::actors::router::{RequestMeta, Route, RouteError, Routed, RoutedBody, 
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::providers::inbound;
 use crate::providers::request::ChatBody;
 use error::error_response;
 
@@ -122,6 +123,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         );
     }
+    for path in ["/v1/embeddings", "/embeddings"] {
+        cfg.service(
+            web::resource(path)
+                .route(web::post().to(embeddings))
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+    cfg.service(
+        web::resource("/v1/messages")
+            .route(web::post().to(messages))
+            .default_service(web::to(method_not_allowed)),
+    );
     for path in ["/v1/models", "/models"] {
         cfg.service(get_resource(path).route(get_or_head().to(models)));
     }
@@ -139,7 +152,11 @@ fn get_or_head() -> actix_web::Route {
 }
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let allowed = if req.path().ends_with("completions") {
+    let path = req.path();
+    let allowed = if path.ends_with("completions")
+        || path.ends_with("embeddings")
+        || path.ends_with("messages")
+    {
         "POST"
     } else {
         "GET, HEAD"
@@ -437,7 +454,75 @@ fn usd(pico: u64) -> HeaderValue {
     header_value(format_args!("{whole}.{frac:0digits$}"))
 }
 
+/// The client-facing APIs that route through the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `POST /v1/messages`: Anthropic Messages in, translated to chat and back.
+    Messages,
+}
+
 pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<RouterActor>>,
+) -> HttpResponse {
+    serve(Api::Chat, req, payload, state, router).await
+}
+
+pub async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<RouterActor>>,
+) -> HttpResponse {
+    serve(Api::Embeddings, req, payload, state, router).await
+}
+
+pub async fn messages(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<RouterActor>>,
+) -> HttpResponse {
+    serve(Api::Messages, req, payload, state, router).await
+}
+
+/// An error in the client's API's own format: OpenAI's envelope, or Anthropic's for
+/// `/v1/messages` (same status and headers).
+fn api_error(api: Api, err: &GatewayError, rid: &str) -> HttpResponse {
+    let mut resp = error_response(err, Some(rid));
+    if api == Api::Messages {
+        let body = inbound::error_body(err.status(), &err.to_string());
+        let mut out = HttpResponse::build(resp.status());
+        for (name, value) in resp.headers().iter() {
+            if name != header::CONTENT_LENGTH {
+                out.insert_header((name.clone(), value.clone()));
+            }
+        }
+        resp = out.content_type("application/json").body(body);
+    }
+    resp
+}
+
+/// Parses the body for `api` into what the router takes.
+fn parse_for(api: Api, bytes: Bytes) -> Result<ChatBody, GatewayError> {
+    match api {
+        Api::Chat => ChatBody::parse(bytes),
+        Api::Embeddings => ChatBody::parse_embeddings(bytes),
+        Api::Messages => {
+            let inbound = inbound::to_openai(&bytes)?;
+            ChatBody::parse(Bytes::from(inbound.body))
+        }
+    }
+}
+
+async fn serve(
+    api: Api,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -466,7 +551,7 @@ pub async fn chat_completions(
                 error: Some(&err),
             },
         );
-        let mut resp = error_response(&err, Some(&rid));
+        let mut resp = api_error(api, &err, &rid);
         if attempts > 0 {
             resp.headers_mut()
                 .insert(H_ATTEMPTS, HeaderValue::from(attempts));
@@ -490,7 +575,7 @@ pub async fn chat_completions(
         Err(e) => return fail(e, None, None, 0, Duration::ZERO),
     };
     let received = Instant::now();
-    let body = match ChatBody::parse(bytes) {
+    let body = match parse_for(api, bytes) {
         Ok(b) => b,
         Err(e) => return fail(e, None, None, 0, received.elapsed()),
     };
@@ -557,22 +642,67 @@ pub async fn chat_completions(
                     error: None,
                 },
             );
+            let body = if api == Api::Messages {
+                // Our own output failing to translate is a bug, not the upstream's fault;
+                // the request was served and billed, so the client gets a 500 that says so.
+                match inbound::message_from_completion(&body, &model) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        let err = GatewayError::Internal(format!(
+                            "cannot express the answer in the Messages format: {e}"
+                        ));
+                        return api_error(api, &err, &rid);
+                    }
+                }
+            } else {
+                body
+            };
             resp.insert_header((H_COST, usd(cost)))
                 .content_type("application/json")
                 .body(body)
         }
         RoutedBody::Stream { prelude, rx } => {
             // The stream's log line is written by the pump when it ends.
+            resp.content_type("text/event-stream")
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header((H_ACCEL_BUFFERING, HeaderValue::from_static("no")));
+            if api == Api::Messages {
+                return resp.streaming(anthropic_stream(prelude, rx, &model));
+            }
             let rest = stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
             });
             let body = stream::once(async move { Ok::<_, actix_web::Error>(prelude) }).chain(rest);
-            resp.content_type("text/event-stream")
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header((H_ACCEL_BUFFERING, HeaderValue::from_static("no")))
-                .streaming(body)
+            resp.streaming(body)
         }
     }
+}
+
+/// The routed OpenAI chunks, re-expressed as Anthropic stream events.
+fn anthropic_stream(
+    prelude: Bytes,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    model: &str,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    let mut t = inbound::StreamToAnthropic::new(model);
+    let mut first = BytesMut::new();
+    t.feed(&prelude, &mut first);
+    let state = (Some(rx), t, Some(first.freeze()));
+    stream::unfold(state, |(mut rx, mut t, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok(first), (rx, t, None)));
+        }
+        let r = rx.as_mut()?;
+        let mut out = BytesMut::new();
+        match r.recv().await {
+            Some(chunk) => t.feed(&chunk, &mut out),
+            None => {
+                t.finish(&mut out);
+                rx = None;
+            }
+        }
+        Some((Ok(out.freeze()), (rx, t, None)))
+    })
 }
 
 pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

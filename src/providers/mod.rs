@@ -6,6 +6,12 @@
 //! which lives outside this repository; the test vectors used here are copied from it verbatim.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod cohere;
+pub mod compat;
+pub mod embeddings;
+pub mod gemini;
+pub mod inbound;
 pub mod oai;
 pub mod openai;
 pub mod request;
@@ -15,77 +21,246 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
+use std::sync::Arc;
+
 use crate::config::Deployment;
 use crate::error::{ErrorClass, UpstreamError};
+use crate::secret::Secret;
+pub use compat::Preset;
 use oai::Usage;
 use request::{ChatBody, ChatRequest};
-use sse::SseEvent;
+use sse::{SseDecoder, SseEvent};
 
 /// The wire format a deployment speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
-    /// OpenAI and every OpenAI-compatible server.
+    /// OpenAI and every OpenAI-compatible server (with a [`Preset`] for its quirks).
     OpenAi,
+    /// Azure OpenAI: OpenAI bodies, its own URLs and auth.
+    Azure,
     /// Anthropic Messages API.
     Anthropic,
+    /// AWS Bedrock Converse / ConverseStream (and InvokeModel for embeddings), SigV4-signed.
+    Bedrock,
+    /// Google AI Studio generateContent.
+    Gemini,
+    /// Google Vertex AI generateContent (same bodies, project/location URLs, OAuth bearer).
+    Vertex,
+    /// Cohere v2 chat and embed.
+    Cohere,
+    /// Voyage AI (embeddings only).
+    Voyage,
+}
+
+/// Every `provider = "..."` name: the wire format and the OpenAI-compatible preset.
+pub const PROVIDER_NAMES: &[&str] = &[
+    "openai",
+    "azure",
+    "anthropic",
+    "bedrock",
+    "gemini",
+    "vertex",
+    "cohere",
+    "voyage",
+    "xai",
+    "mistral",
+    "groq",
+    "deepseek",
+    "together",
+    "fireworks",
+    "openrouter",
+    "vllm",
+    "ollama",
+];
+
+/// Reads a `provider` name from config.
+pub fn parse_provider(name: &str) -> Option<(ProviderKind, Preset)> {
+    let kind = match name {
+        "anthropic" => ProviderKind::Anthropic,
+        "bedrock" => ProviderKind::Bedrock,
+        "gemini" => ProviderKind::Gemini,
+        "vertex" => ProviderKind::Vertex,
+        "cohere" => ProviderKind::Cohere,
+        "voyage" => ProviderKind::Voyage,
+        "azure" => return Some((ProviderKind::Azure, Preset::Azure)),
+        other => return Preset::parse(other).map(|p| (ProviderKind::OpenAi, p)),
+    };
+    Some((kind, Preset::OpenAi))
 }
 
 impl ProviderKind {
-    pub const NAMES: &'static [&'static str] = &["openai", "anthropic"];
-
-    pub fn parse(s: &str) -> Option<ProviderKind> {
-        match s {
-            "openai" => Some(ProviderKind::OpenAi),
-            "anthropic" => Some(ProviderKind::Anthropic),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
+    /// The default `api_base`; `None` when the config must give one (Azure; Bedrock and
+    /// Vertex derive theirs from the region/location).
+    pub fn default_api_base(self, preset: Preset) -> Option<&'static str> {
         match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => preset.default_api_base(),
+            ProviderKind::Azure | ProviderKind::Bedrock | ProviderKind::Vertex => None,
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Cohere => Some("https://api.cohere.com"),
+            ProviderKind::Voyage => Some("https://api.voyageai.com/v1"),
         }
     }
 
-    pub fn default_api_base(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "https://api.openai.com/v1",
-            ProviderKind::Anthropic => "https://api.anthropic.com",
+    /// Whether this provider serves `op` at all.
+    pub fn serves(self, op: Op) -> bool {
+        match op {
+            Op::Chat => self != ProviderKind::Voyage,
+            Op::Embeddings => !matches!(self, ProviderKind::Anthropic | ProviderKind::Vertex),
         }
     }
+}
 
-    /// The URL chat requests are posted to, from the configured base.
-    pub fn endpoint(self, api_base: &str) -> String {
-        let base = api_base.trim_end_matches('/');
-        match self {
-            ProviderKind::OpenAi => format!("{base}/chat/completions"),
-            ProviderKind::Anthropic => format!("{base}/v1/messages"),
+/// How to reach one deployment: everything from its config that shapes URLs and headers.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub kind: ProviderKind,
+    pub preset: Preset,
+    /// `provider` as configured (`mistral`, `bedrock`, ...): the metrics label.
+    pub name: &'static str,
+    /// `api_base` without a trailing `/`, or the provider's default.
+    pub base: Arc<str>,
+    pub api_key: Option<Secret>,
+    /// Azure: `api_version` for the dated `/openai/deployments/...` URLs; `None` = the v1 API.
+    pub api_version: Option<Arc<str>>,
+    /// Azure: send the key as `Authorization: Bearer` instead of `api-key`.
+    pub azure_bearer: bool,
+    pub anthropic_version: Arc<str>,
+    /// Vertex: project and location.
+    pub vertex: Option<(Arc<str>, Arc<str>)>,
+    /// Bedrock: region and (unless a Bedrock API key is used) credentials to sign with.
+    pub aws: Option<Aws>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub region: Arc<str>,
+    pub credentials: Option<bedrock::AwsCredentials>,
+}
+
+/// A model name as one URL path segment: everything but unreserved characters is escaped, so a
+/// passed-through name can never change the path (`../`, `?`, `/`).
+fn path_segment(model: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(model, SET).to_string()
+}
+
+impl Wire {
+    /// The URL for one request. `batch`: Gemini embeddings with more than one input.
+    pub fn url(
+        &self,
+        op: Op,
+        model: &str,
+        stream: bool,
+        batch: bool,
+    ) -> Result<String, TranslateError> {
+        let base = &*self.base;
+        let unsupported = || {
+            TranslateError::new(
+                "model",
+                format!("the {} provider does not serve this endpoint", self.name),
+            )
+        };
+        if !self.kind.serves(op) {
+            return Err(unsupported());
         }
+        Ok(match (self.kind, op) {
+            (ProviderKind::OpenAi, Op::Chat) => format!("{base}/chat/completions"),
+            (ProviderKind::OpenAi | ProviderKind::Voyage, Op::Embeddings) => {
+                format!("{base}/embeddings")
+            }
+            (ProviderKind::Azure, op) => {
+                let what = match op {
+                    Op::Chat => "chat/completions",
+                    Op::Embeddings => "embeddings",
+                };
+                match &self.api_version {
+                    Some(v) => format!(
+                        "{base}/openai/deployments/{}/{what}?api-version={v}",
+                        path_segment(model)
+                    ),
+                    None => format!("{base}/openai/v1/{what}"),
+                }
+            }
+            (ProviderKind::Anthropic, _) => format!("{base}/v1/messages"),
+            (ProviderKind::Bedrock, Op::Chat) => format!("{base}{}", bedrock::path(model, stream)),
+            (ProviderKind::Bedrock, Op::Embeddings) => {
+                format!("{base}{}", bedrock::invoke_path(model))
+            }
+            (ProviderKind::Gemini | ProviderKind::Vertex, op) => {
+                let method = match (op, stream, batch) {
+                    (Op::Chat, false, _) => "generateContent",
+                    (Op::Chat, true, _) => "streamGenerateContent?alt=sse",
+                    (Op::Embeddings, _, false) => "embedContent",
+                    (Op::Embeddings, _, true) => "batchEmbedContents",
+                };
+                let model = path_segment(model);
+                match &self.vertex {
+                    Some((project, location)) => format!(
+                        "{base}/v1/projects/{}/locations/{}/publishers/google/models/{model}:{method}",
+                        path_segment(project),
+                        path_segment(location)
+                    ),
+                    None => format!("{base}/v1beta/models/{model}:{method}"),
+                }
+            }
+            (ProviderKind::Cohere, Op::Chat) => format!("{base}/v2/chat"),
+            (ProviderKind::Cohere, Op::Embeddings) => format!("{base}/v2/embed"),
+            (ProviderKind::Voyage, Op::Chat) => return Err(unsupported()),
+        })
     }
 
-    /// Static headers for every request to `dep` (auth and versions), as (name, value) pairs.
-    /// The value of an auth header is secret; callers must mark it sensitive.
-    pub fn headers(self, dep: &Deployment) -> Vec<(&'static str, String, bool)> {
+    /// Static headers for every request (auth and versions), as (name, value, secret).
+    /// Bedrock with credentials signs each request instead (see `upstream`).
+    pub fn headers(&self) -> Vec<(&'static str, String, bool)> {
         let mut h = Vec::with_capacity(2);
-        match self {
-            ProviderKind::OpenAi => {
-                if let Some(key) = &dep.api_key {
-                    h.push(("authorization", format!("Bearer {}", key.expose()), true));
+        let key = self.api_key.as_ref().map(Secret::expose);
+        let bearer = |h: &mut Vec<_>| {
+            if let Some(key) = key {
+                h.push(("authorization", format!("Bearer {key}"), true));
+            }
+        };
+        match self.kind {
+            ProviderKind::OpenAi
+            | ProviderKind::Cohere
+            | ProviderKind::Voyage
+            | ProviderKind::Vertex
+            | ProviderKind::Bedrock => bearer(&mut h),
+            ProviderKind::Azure if self.azure_bearer => bearer(&mut h),
+            ProviderKind::Azure => {
+                if let Some(key) = key {
+                    h.push(("api-key", key.to_owned(), true));
+                }
+            }
+            ProviderKind::Gemini => {
+                if let Some(key) = key {
+                    h.push(("x-goog-api-key", key.to_owned(), true));
                 }
             }
             ProviderKind::Anthropic => {
-                if let Some(key) = &dep.api_key {
-                    h.push(("x-api-key", key.expose().to_owned(), true));
+                if let Some(key) = key {
+                    h.push(("x-api-key", key.to_owned(), true));
                 }
                 h.push((
                     "anthropic-version",
-                    dep.anthropic_version.to_string(),
+                    self.anthropic_version.to_string(),
                     false,
                 ));
             }
         }
         h
+    }
+
+    /// The stream's content type this provider answers with.
+    pub fn stream_content_type(&self) -> &'static str {
+        match self.kind {
+            ProviderKind::Bedrock => "application/vnd.amazon.eventstream",
+            _ => "text/event-stream",
+        }
     }
 }
 
@@ -161,36 +336,186 @@ pub struct RespMeta<'a> {
 /// The upstream request body for `dep`, naming `model` (its `upstream_model`, or what a wildcard
 /// group passes through).
 pub fn build_body(dep: &Deployment, model: &str, body: &ChatBody) -> Result<Bytes, TranslateError> {
-    match dep.provider {
-        ProviderKind::OpenAi => Ok(openai::build_request(body, model)),
-        ProviderKind::Anthropic => {
-            let req =
-                ChatRequest::from_body(body).map_err(|e| TranslateError::new("", e.to_string()))?;
-            anthropic::build_request(&req, model, dep.default_max_tokens).map(Bytes::from)
-        }
+    let w = &dep.wire;
+    if body.op == Op::Embeddings {
+        let req = embeddings::parse_request(&body.bytes)
+            .map_err(|e| TranslateError::new("input", e.to_string()))?;
+        let target = embed_target(w.kind, model, req.count())?;
+        return embeddings::build_request(target, &req, model).map(Bytes::from);
     }
+    if w.kind == ProviderKind::OpenAi || w.kind == ProviderKind::Azure {
+        return compat::build_request(w.preset, body, model);
+    }
+    let req = ChatRequest::from_body(body).map_err(|e| TranslateError::new("", e.to_string()))?;
+    let built = match w.kind {
+        ProviderKind::Anthropic => anthropic::build_request(&req, model, dep.default_max_tokens),
+        ProviderKind::Bedrock => bedrock::build_request(&req, model, dep.default_max_tokens),
+        ProviderKind::Gemini => gemini::build_request(&req, false),
+        ProviderKind::Vertex => gemini::build_request(&req, true),
+        ProviderKind::Cohere => cohere::build_request(&req, model),
+        ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Voyage => {
+            Err(TranslateError::new(
+                "model",
+                format!("the {} provider does not serve chat", w.name),
+            ))
+        }
+    };
+    built.map(Bytes::from)
+}
+
+/// Which embeddings wire format serves `model` on a `kind` deployment for `inputs` inputs.
+pub fn embed_target(
+    kind: ProviderKind,
+    model: &str,
+    inputs: usize,
+) -> Result<embeddings::Target, TranslateError> {
+    use embeddings::Target;
+    Ok(match kind {
+        ProviderKind::OpenAi => Target::OpenAi,
+        ProviderKind::Azure => Target::Azure,
+        ProviderKind::Voyage => Target::Voyage,
+        ProviderKind::Cohere => Target::Cohere,
+        ProviderKind::Gemini if inputs == 1 => Target::Gemini,
+        ProviderKind::Gemini => Target::GeminiBatch,
+        ProviderKind::Bedrock => embeddings::bedrock_target(model).ok_or_else(|| {
+            TranslateError::new(
+                "model",
+                "Bedrock embeddings need an amazon.titan-embed or cohere.embed model",
+            )
+        })?,
+        ProviderKind::Anthropic | ProviderKind::Vertex => {
+            return Err(TranslateError::new(
+                "model",
+                "this provider does not serve embeddings",
+            ))
+        }
+    })
+}
+
+/// Everything a response needs to be read: the operation and, for embeddings, what the client
+/// asked for (to validate and shape the answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub op: Op,
+    pub embed: Option<(embeddings::Target, embeddings::Ask)>,
 }
 
 /// Turns a 2xx non-streaming upstream body into the client's body and its usage.
-pub fn parse_response(kind: ProviderKind, body: Bytes) -> Result<(Bytes, Usage), UpstreamError> {
-    match kind {
-        ProviderKind::OpenAi => openai::parse_response(&body).map(|u| (body, u)),
-        ProviderKind::Anthropic => {
-            anthropic::parse_response(&body, oai::unix_now()).map(|(b, u)| (b.freeze(), u))
-        }
+pub fn parse_response(
+    wire: &Wire,
+    expect: &Expect,
+    body: Bytes,
+    meta: &RespMeta<'_>,
+) -> Result<(Bytes, Usage), UpstreamError> {
+    if let Some((target, ask)) = &expect.embed {
+        let (body, usage) = embeddings::parse_response(*target, &body, meta, ask)?;
+        check_usage(&usage)?;
+        return Ok((body.freeze(), usage));
     }
+    let (body, usage) = match wire.kind {
+        ProviderKind::OpenAi | ProviderKind::Azure => openai::parse_response(wire.preset, body)?,
+        ProviderKind::Anthropic => {
+            anthropic::parse_response(&body, meta.created).map(|(b, u)| (b.freeze(), u))?
+        }
+        ProviderKind::Bedrock => {
+            bedrock::parse_response(&body, meta).map(|(b, u)| (b.freeze(), u))?
+        }
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            gemini::parse_response(&body, meta).map(|(b, u)| (b.freeze(), u))?
+        }
+        ProviderKind::Cohere => {
+            cohere::parse_response(&body, meta).map(|(b, u)| (b.freeze(), u))?
+        }
+        ProviderKind::Voyage => {
+            return Err(UpstreamError::new(
+                ErrorClass::ServerError,
+                "voyage does not serve chat",
+            ))
+        }
+    };
+    check_usage(&usage)?;
+    Ok((body, usage))
+}
+
+/// No single response bills more tokens than this; a larger number is a broken upstream.
+pub const MAX_USAGE_TOKENS: u64 = 100_000_000;
+
+/// Usage that cannot be true (beyond [`MAX_USAGE_TOKENS`], cached above prompt, reasoning
+/// above completion) is a server error: never billed blindly.
+pub fn check_usage(u: &Usage) -> Result<(), UpstreamError> {
+    let absurd = u.prompt_tokens > MAX_USAGE_TOKENS
+        || u.completion_tokens > MAX_USAGE_TOKENS
+        || u.cached_tokens > u.prompt_tokens
+        || u.cache_write_tokens > u.prompt_tokens
+        || u.reasoning_tokens > u.completion_tokens;
+    if absurd {
+        return Err(UpstreamError::new(
+            ErrorClass::ServerError,
+            format!(
+                "upstream reported impossible usage (prompt {}, completion {}, cached {}, \
+                 reasoning {})",
+                u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Classifies a non-2xx upstream response.
 pub fn classify_error(
-    kind: ProviderKind,
+    wire: &Wire,
+    op: Op,
     status: u16,
     retry_after: Option<Duration>,
+    meta: &RespMeta<'_>,
     body: &[u8],
 ) -> UpstreamError {
-    match kind {
-        ProviderKind::OpenAi => openai::classify_error(status, retry_after, body),
+    match wire.kind {
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            openai::classify_error(status, retry_after, body)
+        }
         ProviderKind::Anthropic => anthropic::classify_error(status, retry_after, body),
+        ProviderKind::Bedrock => bedrock::classify_error(status, retry_after, meta, body),
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            gemini::classify_error(status, retry_after, meta, body)
+        }
+        ProviderKind::Cohere => cohere::classify_error(status, retry_after, meta, body),
+        ProviderKind::Voyage => {
+            let _ = op;
+            embeddings::classify_voyage_error(status, retry_after, body)
+        }
+    }
+}
+
+/// Splits an upstream stream body into events: SSE for most, AWS event-stream frames for Bedrock.
+#[derive(Debug)]
+pub enum StreamDecoder {
+    Sse(SseDecoder),
+    Aws(bedrock::FrameDecoder),
+}
+
+impl StreamDecoder {
+    pub fn new(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::Bedrock => StreamDecoder::Aws(bedrock::FrameDecoder::new()),
+            _ => StreamDecoder::Sse(SseDecoder::new()),
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            StreamDecoder::Sse(d) => d.feed(chunk),
+            StreamDecoder::Aws(d) => d.feed(chunk),
+        }
+    }
+
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
+        match self {
+            StreamDecoder::Sse(d) => d
+                .next_event()
+                .map_err(|e| UpstreamError::new(ErrorClass::ServerError, e.to_string())),
+            StreamDecoder::Aws(d) => d.next_event(),
+        }
     }
 }
 
@@ -199,15 +524,41 @@ pub fn classify_error(
 pub enum StreamTranslator {
     OpenAi(openai::Relay),
     Anthropic(anthropic::StreamTranslator),
+    Bedrock(bedrock::StreamTranslator),
+    Gemini(gemini::StreamTranslator),
+    Cohere(cohere::StreamTranslator),
+}
+
+macro_rules! each_translator {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            StreamTranslator::OpenAi($t) => $e,
+            StreamTranslator::Anthropic($t) => $e,
+            StreamTranslator::Bedrock($t) => $e,
+            StreamTranslator::Gemini($t) => $e,
+            StreamTranslator::Cohere($t) => $e,
+        }
+    };
 }
 
 impl StreamTranslator {
-    pub fn new(kind: ProviderKind, include_usage: bool) -> Self {
-        match kind {
-            ProviderKind::OpenAi => StreamTranslator::OpenAi(openai::Relay::new(include_usage)),
+    pub fn new(wire: &Wire, include_usage: bool, meta: &RespMeta<'_>) -> Self {
+        match wire.kind {
+            ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Voyage => {
+                StreamTranslator::OpenAi(openai::Relay::new(include_usage, wire.preset))
+            }
             ProviderKind::Anthropic => StreamTranslator::Anthropic(
-                anthropic::StreamTranslator::new(include_usage, oai::unix_now()),
+                anthropic::StreamTranslator::new(include_usage, meta.created),
             ),
+            ProviderKind::Bedrock => {
+                StreamTranslator::Bedrock(bedrock::StreamTranslator::new(include_usage, meta))
+            }
+            ProviderKind::Gemini | ProviderKind::Vertex => {
+                StreamTranslator::Gemini(gemini::StreamTranslator::new(include_usage, meta))
+            }
+            ProviderKind::Cohere => {
+                StreamTranslator::Cohere(cohere::StreamTranslator::new(include_usage, meta))
+            }
         }
     }
 
@@ -216,40 +567,25 @@ impl StreamTranslator {
         ev: &SseEvent,
         out: &mut BytesMut,
     ) -> Result<Progress, UpstreamError> {
-        match self {
-            StreamTranslator::OpenAi(t) => t.on_event(ev, out),
-            StreamTranslator::Anthropic(t) => t.on_event(ev, out),
-        }
+        each_translator!(self, t => t.on_event(ev, out))
     }
 
     /// The upstream closed: `Ok` (with any terminator written) if the stream was complete.
     pub fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        match self {
-            StreamTranslator::OpenAi(t) => t.on_eof(out),
-            StreamTranslator::Anthropic(t) => t.on_eof(out),
-        }
+        each_translator!(self, t => t.on_eof(out))
     }
 
     /// Nothing more is needed from the upstream; the terminator has been written.
     pub fn is_done(&self) -> bool {
-        match self {
-            StreamTranslator::OpenAi(t) => t.is_done(),
-            StreamTranslator::Anthropic(t) => t.is_done(),
-        }
+        each_translator!(self, t => t.is_done())
     }
 
     pub fn usage(&self) -> Usage {
-        match self {
-            StreamTranslator::OpenAi(t) => t.usage(),
-            StreamTranslator::Anthropic(t) => t.usage(),
-        }
+        each_translator!(self, t => t.usage())
     }
 
     pub fn invalid_events(&self) -> u32 {
-        match self {
-            StreamTranslator::OpenAi(t) => t.invalid_events(),
-            StreamTranslator::Anthropic(t) => t.invalid_events(),
-        }
+        each_translator!(self, t => t.invalid_events())
     }
 }
 
@@ -428,15 +764,149 @@ mod tests {
         assert!(t.ends_with('…'));
     }
 
+    fn wire(name: &str, base: &str) -> Wire {
+        let (kind, preset) = parse_provider(name).expect("known provider");
+        Wire {
+            kind,
+            preset,
+            name: PROVIDER_NAMES
+                .iter()
+                .find(|n| **n == name)
+                .copied()
+                .unwrap_or("openai"),
+            base: base.into(),
+            api_key: Some(Secret::new("k".to_owned())),
+            api_version: None,
+            azure_bearer: false,
+            anthropic_version: "2023-06-01".into(),
+            vertex: None,
+            aws: None,
+        }
+    }
+
     #[test]
-    fn endpoints_follow_each_kind() {
+    fn urls_follow_each_provider() {
+        let url = |w: &Wire, op, model, stream, batch| w.url(op, model, stream, batch).unwrap();
+        let openai = wire("openai", "http://127.0.0.1:9/v1");
         assert_eq!(
-            ProviderKind::OpenAi.endpoint("http://127.0.0.1:9/v1/"),
+            url(&openai, Op::Chat, "m", false, false),
             "http://127.0.0.1:9/v1/chat/completions"
         );
         assert_eq!(
-            ProviderKind::Anthropic.endpoint("https://api.anthropic.com"),
+            url(&openai, Op::Embeddings, "m", false, false),
+            "http://127.0.0.1:9/v1/embeddings"
+        );
+        let anthropic = wire("anthropic", "https://api.anthropic.com");
+        assert_eq!(
+            url(&anthropic, Op::Chat, "m", true, false),
             "https://api.anthropic.com/v1/messages"
         );
+        assert!(anthropic.url(Op::Embeddings, "m", false, false).is_err());
+
+        let mut azure = wire("azure", "https://res.openai.azure.com");
+        assert_eq!(
+            url(&azure, Op::Chat, "gpt-4o", true, false),
+            "https://res.openai.azure.com/openai/v1/chat/completions"
+        );
+        azure.api_version = Some("2024-10-21".into());
+        assert_eq!(
+            url(&azure, Op::Embeddings, "emb-3", false, false),
+            "https://res.openai.azure.com/openai/deployments/emb-3/embeddings?api-version=2024-10-21"
+        );
+
+        let gemini = wire("gemini", "https://generativelanguage.googleapis.com");
+        assert_eq!(
+            url(&gemini, Op::Chat, "gemini-2.5-flash", true, false),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            url(&gemini, Op::Embeddings, "text-embedding-004", false, true),
+            "https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents"
+        );
+        let mut vertex = wire("vertex", "https://us-central1-aiplatform.googleapis.com");
+        vertex.vertex = Some(("proj-1".into(), "us-central1".into()));
+        assert_eq!(
+            url(&vertex, Op::Chat, "gemini-2.5-pro", false, false),
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
+        );
+
+        let bedrock = wire("bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(
+            url(&bedrock, Op::Chat, "anthropic.claude-3-haiku-20240307-v1:0", false, false),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+        );
+        let cohere = wire("cohere", "https://api.cohere.com");
+        assert_eq!(
+            url(&cohere, Op::Embeddings, "embed-v4.0", false, false),
+            "https://api.cohere.com/v2/embed"
+        );
+        let voyage = wire("voyage", "https://api.voyageai.com/v1");
+        assert_eq!(
+            url(&voyage, Op::Embeddings, "voyage-3.5", false, false),
+            "https://api.voyageai.com/v1/embeddings"
+        );
+        assert!(voyage.url(Op::Chat, "voyage-3.5", false, false).is_err());
+    }
+
+    #[test]
+    fn a_passed_through_model_cannot_change_the_path() {
+        let gemini = wire("gemini", "https://g.example");
+        let u = gemini
+            .url(Op::Chat, "../../admin?x=1#y", false, false)
+            .unwrap();
+        assert_eq!(
+            u,
+            "https://g.example/v1beta/models/..%2F..%2Fadmin%3Fx%3D1%23y:generateContent"
+        );
+        let mut azure = wire("azure", "https://a.example");
+        azure.api_version = Some("2024-10-21".into());
+        let u = azure.url(Op::Chat, "a/b", false, false).unwrap();
+        assert!(u.contains("/deployments/a%2Fb/chat"), "{u}");
+    }
+
+    #[test]
+    fn every_provider_name_parses() {
+        for name in PROVIDER_NAMES {
+            assert!(parse_provider(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            parse_provider("mistral").map(|(k, _)| k),
+            Some(ProviderKind::OpenAi)
+        );
+        assert!(parse_provider("cohere-ish").is_none());
+    }
+
+    #[test]
+    fn absurd_usage_is_refused() {
+        let ok = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 4,
+            ..Usage::default()
+        };
+        assert!(check_usage(&ok).is_ok());
+        for bad in [
+            Usage {
+                prompt_tokens: MAX_USAGE_TOKENS + 1,
+                ..Usage::default()
+            },
+            Usage {
+                completion_tokens: u64::MAX,
+                ..Usage::default()
+            },
+            Usage {
+                prompt_tokens: 1,
+                cached_tokens: 2,
+                ..Usage::default()
+            },
+            Usage {
+                completion_tokens: 1,
+                reasoning_tokens: 2,
+                ..Usage::default()
+            },
+        ] {
+            let e = check_usage(&bad).unwrap_err();
+            assert_eq!(e.class, ErrorClass::ServerError);
+        }
     }
 }

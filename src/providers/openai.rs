@@ -1,7 +1,9 @@
-//! The `openai` kind: OpenAI itself and every OpenAI-compatible server (providers.md §1, §8).
+//! The `openai` kind: OpenAI itself and every OpenAI-compatible server (providers.md §1, §2, §8).
 //! The client's body is forwarded with the model rewritten, gateway-only fields dropped and, for
-//! streams, `stream_options.include_usage` forced on so spend is always known. Responses are
-//! relayed as raw bytes; only usage, finish and errors are read. No I/O here.
+//! streams, `stream_options.include_usage` forced on so spend is always known (per-provider
+//! request scrubs are in `compat.rs`). Responses are relayed as raw bytes; only usage, finish and
+//! errors are read, and a body or chunk is rewritten only when the deployment's [`Preset`] has a
+//! quirk that breaks the OpenAI contract. No I/O here.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
+use super::compat::Preset;
 use super::oai::{self, Usage};
 use super::request::{ChatBody, KeyText, Known};
 use super::sse::SseEvent;
@@ -85,9 +89,14 @@ pub(super) struct OaiUsage {
     #[serde(default)]
     completion_tokens: u64,
     #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek's name for cached prompt tokens.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -102,50 +111,162 @@ struct CompletionDetails {
     reasoning_tokens: Option<u64>,
 }
 
+impl OaiUsage {
+    /// The usage normalized to OpenAI's invariants, and whether the upstream's numbers broke
+    /// them (xAI counts reasoning outside `completion_tokens` but inside `total_tokens`), in
+    /// which case the client's copy must be rewritten too.
+    fn normalize(self, preset: Preset) -> (Usage, bool) {
+        let cached = self
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .or(self.prompt_cache_hit_tokens)
+            .unwrap_or(0);
+        let reasoning = self
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0);
+        let mut completion = self.completion_tokens;
+        let fold = preset == Preset::Xai
+            && reasoning > 0
+            && self.total_tokens
+                == Some(
+                    self.prompt_tokens
+                        .saturating_add(completion)
+                        .saturating_add(reasoning),
+                );
+        if fold {
+            completion = completion.saturating_add(reasoning);
+        }
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: completion,
+            cached_tokens: cached,
+            cache_write_tokens: 0,
+            reasoning_tokens: reasoning,
+        };
+        (usage, fold)
+    }
+}
+
 impl From<OaiUsage> for Usage {
     fn from(u: OaiUsage) -> Usage {
-        Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cached_tokens: u
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_write_tokens: 0,
-            reasoning_tokens: u
-                .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
+        u.normalize(Preset::OpenAi).0
+    }
+}
+
+/// Folds `completion_tokens_details.reasoning_tokens` into `completion_tokens` of a usage
+/// object (xAI), keeping `total_tokens` at least prompt + completion.
+fn fold_reasoning(usage: &mut Value) {
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let reasoning = usage
+        .get("completion_tokens_details")
+        .map_or(0, |d| num(d, "reasoning_tokens"));
+    let completion = num(usage, "completion_tokens").saturating_add(reasoning);
+    let total = num(usage, "prompt_tokens").saturating_add(completion);
+    let old_total = num(usage, "total_tokens");
+    if let Some(u) = usage.as_object_mut() {
+        u.insert("completion_tokens".to_owned(), Value::from(completion));
+        if old_total < total {
+            u.insert("total_tokens".to_owned(), Value::from(total));
         }
     }
 }
 
-/// Checks a 2xx non-streaming body and reads its usage; the body itself is relayed unchanged.
-pub fn parse_response(body: &[u8]) -> Result<Usage, UpstreamError> {
+/// A finish reason that is not one (`""` or `null`, as xAI sends after tool calls).
+fn is_blank(reason: Option<&str>) -> bool {
+    reason.is_none_or(str::is_empty)
+}
+
+/// Checks a 2xx non-streaming body and reads its usage. The body is relayed as is (minus any
+/// leading whitespace) unless the preset's quirks need fixing: xAI's blank `finish_reason` after
+/// tool calls and its reasoning tokens outside `completion_tokens`. A `content_filter` finish is
+/// a successful answer (the OpenAI contract), not an error.
+pub fn parse_response(preset: Preset, body: Bytes) -> Result<(Bytes, Usage), UpstreamError> {
     #[derive(Deserialize)]
-    struct Resp {
-        choices: Count,
+    struct Resp<'a> {
+        #[serde(borrow)]
+        choices: Vec<Choice<'a>>,
         #[serde(default)]
         usage: Option<OaiUsage>,
     }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        finish_reason: Option<Cow<'a, str>>,
+        #[serde(default)]
+        message: Option<Message>,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        #[serde(default)]
+        tool_calls: Option<Count>,
+    }
     // Some servers (DeepSeek under load) send blank lines before the JSON.
-    let body = body.trim_ascii_start();
+    let skip = body.len() - body.trim_ascii_start().len();
+    let body = body.slice(skip..);
     // The body is relayed as is, so it must be UTF-8 throughout; checking it in one pass is
     // cheaper than letting the parser check every string it skips.
-    let parsed = std::str::from_utf8(body)
+    let parsed = std::str::from_utf8(&body)
         .ok()
         .and_then(|text| serde_json::from_str::<Resp>(text).ok());
-    match parsed {
-        Some(r) if r.choices.0 > 0 => Ok(r.usage.map(Usage::from).unwrap_or_default()),
-        Some(_) => Err(UpstreamError::new(
+    let Some(resp) = parsed else {
+        // OpenRouter can answer 200 with only an error object (its numeric `code` is the status
+        // the request would have had).
+        let error = serde_json::from_slice::<ErrorEnvelope>(&body)
+            .ok()
+            .and_then(|e| e.error);
+        return Err(match error {
+            Some(raw) => in_band_error(raw.get().as_bytes()),
+            None => malformed(),
+        });
+    };
+    if resp.choices.is_empty() {
+        return Err(UpstreamError::new(
             ErrorClass::ServerError,
             "upstream returned a completion with no choices",
-        )),
-        None => Err(UpstreamError::new(
-            ErrorClass::ServerError,
-            "upstream returned a malformed completion body",
-        )),
+        ));
     }
+    let (usage, fold) = resp.usage.map(|u| u.normalize(preset)).unwrap_or_default();
+    let fix_finish = preset == Preset::Xai
+        && resp.choices.iter().any(|c| {
+            is_blank(c.finish_reason.as_deref())
+                && c.message
+                    .as_ref()
+                    .and_then(|m| m.tool_calls.as_ref())
+                    .is_some_and(|t| t.0 > 0)
+        });
+    if !fold && !fix_finish {
+        return Ok((body, usage));
+    }
+    let mut value: Value = serde_json::from_slice(&body).map_err(|_| malformed())?;
+    if fold {
+        if let Some(u) = value.get_mut("usage") {
+            fold_reasoning(u);
+        }
+    }
+    if fix_finish {
+        let choices = value.get_mut("choices").and_then(Value::as_array_mut);
+        for c in choices.into_iter().flatten() {
+            let has_calls = c
+                .pointer("/message/tool_calls")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty());
+            if has_calls && is_blank(c.get("finish_reason").and_then(Value::as_str)) {
+                if let Some(c) = c.as_object_mut() {
+                    c.insert("finish_reason".to_owned(), Value::from("tool_calls"));
+                }
+            }
+        }
+    }
+    let out = serde_json::to_vec(&value).map_err(|_| malformed())?;
+    Ok((Bytes::from(out), usage))
+}
+
+fn malformed() -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::ServerError,
+        "upstream returned a malformed completion body",
+    )
 }
 
 /// The length of a JSON array whose elements are checked for syntax and skipped.
@@ -182,51 +303,96 @@ struct ErrorEnvelope<'a> {
 
 #[derive(Deserialize, Default)]
 struct ErrorObject<'a> {
+    /// A string; Mistral's 422 sends an object (pydantic's `detail` list).
     #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
+    message: Option<&'a RawValue>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
+    /// A string (`"rate_limit_exceeded"`, Azure's `"429"`) or a number (OpenRouter).
     #[serde(default)]
-    code: Option<serde_json::Value>,
+    code: Option<Value>,
+    /// Azure: `{"code": "ResponsibleAIPolicyViolation", "content_filter_result": {...}}`.
+    #[serde(borrow, default)]
+    innererror: Option<InnerError<'a>>,
 }
 
-/// Reads `{"error": {...}}` or `{"error": "text"}`; absent or malformed gives defaults.
-fn read_error(body: &[u8]) -> (String, Option<String>, Option<String>, Option<i64>) {
-    let Ok(env) = serde_json::from_slice::<ErrorEnvelope>(body.trim_ascii_start()) else {
-        return (String::new(), None, None, None);
+#[derive(Deserialize, Default)]
+struct InnerError<'a> {
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+}
+
+/// What an OpenAI-shaped error body says; absent or malformed parts are empty.
+#[derive(Debug, Default)]
+struct ErrorInfo {
+    message: String,
+    kind: Option<String>,
+    code: Option<String>,
+    numeric_code: Option<i64>,
+    inner_code: Option<String>,
+}
+
+/// Reads `{"error": {...}}`, `{"error": "text"}` or Mistral's and vLLM's top-level
+/// `{"object": "error", "message", "type", "code"}`.
+fn read_error(body: &[u8]) -> ErrorInfo {
+    let body = body.trim_ascii_start();
+    let Ok(env) = serde_json::from_slice::<ErrorEnvelope>(body) else {
+        return ErrorInfo::default();
     };
-    let Some(raw) = env.error else {
-        return (String::new(), None, None, None);
+    let obj = match env.error {
+        Some(raw) => {
+            if let Ok(text) = serde_json::from_str::<Cow<str>>(raw.get()) {
+                return ErrorInfo {
+                    message: text.into_owned(),
+                    ..ErrorInfo::default()
+                };
+            }
+            serde_json::from_str::<ErrorObject>(raw.get()).unwrap_or_default()
+        }
+        None => serde_json::from_slice::<ErrorObject>(body).unwrap_or_default(),
     };
-    if let Ok(text) = serde_json::from_str::<Cow<str>>(raw.get()) {
-        return (text.into_owned(), None, None, None);
-    }
-    let obj = serde_json::from_str::<ErrorObject>(raw.get()).unwrap_or_default();
-    let (code, numeric) = match obj.code {
-        Some(serde_json::Value::String(s)) => (Some(s), None),
-        Some(serde_json::Value::Number(n)) => (None, n.as_i64()),
+    let message = match obj.message {
+        None => String::new(),
+        Some(raw) => match serde_json::from_str::<Cow<str>>(raw.get()) {
+            Ok(text) => text.into_owned(),
+            Err(_) if raw.get() == "null" => String::new(),
+            Err(_) => raw.get().to_owned(),
+        },
+    };
+    let (code, numeric_code) = match obj.code {
+        Some(Value::String(s)) => (Some(s), None),
+        Some(Value::Number(n)) => (None, n.as_i64()),
         _ => (None, None),
     };
-    (
-        obj.message.map(Cow::into_owned).unwrap_or_default(),
-        obj.kind.map(Cow::into_owned),
+    ErrorInfo {
+        message,
+        kind: obj.kind.map(Cow::into_owned),
         code,
-        numeric,
-    )
+        numeric_code,
+        inner_code: obj.innererror.and_then(|i| i.code).map(Cow::into_owned),
+    }
 }
 
-/// Classifies a non-2xx response from an OpenAI-shaped upstream.
+/// Classifies a non-2xx response from an OpenAI-shaped upstream (OpenAI, Azure and the §8
+/// compat providers: their differences are in the body, not the status, so no preset is needed).
 pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -> UpstreamError {
-    let (message, kind, code, _) = read_error(body);
-    let is = |needle: &str| code.as_deref() == Some(needle) || kind.as_deref() == Some(needle);
+    let err = read_error(body);
+    let is =
+        |needle: &str| err.code.as_deref() == Some(needle) || err.kind.as_deref() == Some(needle);
+    let lower = err.message.to_ascii_lowercase();
     let class = match status {
         429 if is("insufficient_quota") => ErrorClass::QuotaExhausted,
+        // Mistral: "Service tier capacity exceeded for this model."
+        _ if lower.contains("service tier capacity exceeded") => ErrorClass::RateLimited,
         429 => ErrorClass::RateLimited,
         402 => ErrorClass::QuotaExhausted,
         400 | 413 | 422 => {
-            if is("context_length_exceeded") || is_context_window_message(&message) {
+            if is("context_length_exceeded") || is_context_window_message(&err.message) {
                 ErrorClass::ContextWindow
-            } else if is("content_policy_violation") || is("content_filter") || is("invalid_prompt")
+            } else if is("content_policy_violation")
+                || is("content_filter")
+                || is("invalid_prompt")
+                || err.inner_code.as_deref() == Some("ResponsibleAIPolicyViolation")
             {
                 ErrorClass::ContentPolicy
             } else {
@@ -240,16 +406,47 @@ pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -
         400..=499 => ErrorClass::BadRequest,
         _ => ErrorClass::ServerError,
     };
-    status_error(class, status, &message, code, retry_after)
+    let retry_after = match class {
+        ErrorClass::RateLimited => retry_after.or_else(|| retry_hint(&lower)),
+        _ => retry_after,
+    };
+    status_error(class, status, &err.message, err.code, retry_after)
+}
+
+/// The wait a rate-limit message asks for when no header did: Azure's "Please retry after 6
+/// seconds.", OpenAI's "Please try again in 1.5s" / "in 20ms".
+fn retry_hint(lower: &str) -> Option<Duration> {
+    let at = ["retry after ", "try again in "]
+        .iter()
+        .find_map(|p| lower.find(p).map(|i| i + p.len()))?;
+    let rest = &lower[at..];
+    let len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let n: f64 = rest[..len].parse().ok()?;
+    let unit = rest[len..].trim_start();
+    let secs = if unit.starts_with("ms") || unit.starts_with("millisecond") {
+        n / 1000.0
+    } else if unit.starts_with('s') {
+        n
+    } else {
+        return None;
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
 /// Relays an OpenAI-shaped SSE stream: events pass through byte for byte, except the usage chunk
-/// when the client did not ask for it, and events that are not JSON (skipped and counted).
+/// when the client did not ask for it, chunks with no choices and no usage (Azure's
+/// `prompt_filter_results` annotations: dropped), events that are not JSON (skipped and counted),
+/// and chunks the preset's quirks break (xAI: rewritten, see [`Relay::on_event`]).
 #[derive(Debug)]
 pub struct Relay {
     include_usage: bool,
+    preset: Preset,
     finished: bool,
     done: bool,
+    /// A tool-call delta has been seen (xAI may then finish with `finish_reason: ""`).
+    saw_tool_calls: bool,
     usage: Usage,
     invalid_events: u32,
 }
@@ -289,6 +486,10 @@ struct ChunkDelta<'a> {
 }
 
 impl ChunkDelta<'_> {
+    fn has_tool_calls(&self) -> bool {
+        self.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || self.function_call.is_some()
+    }
+
     fn is_meaningful(&self) -> bool {
         let text = |t: &Option<Cow<str>>| t.as_deref().is_some_and(|s| !s.is_empty());
         text(&self.content)
@@ -301,11 +502,13 @@ impl ChunkDelta<'_> {
 }
 
 impl Relay {
-    pub fn new(include_usage: bool) -> Self {
+    pub fn new(include_usage: bool, preset: Preset) -> Self {
         Relay {
             include_usage,
+            preset,
             finished: false,
             done: false,
+            saw_tool_calls: false,
             usage: Usage::default(),
             invalid_events: 0,
         }
@@ -323,6 +526,12 @@ impl Relay {
         self.invalid_events
     }
 
+    /// Relays one event. Chunks are forwarded as received, except: a chunk with no choices is
+    /// the usage chunk only if its `usage` is non-null (forwarded if the client asked for
+    /// usage), otherwise it is dropped (Azure's content-filter annotations); an `error` object
+    /// or `finish_reason: "error"` (OpenRouter) is an `Err`; for xAI, a `finish_reason: ""`
+    /// after tool calls becomes `"tool_calls"`, and reasoning tokens are folded into
+    /// `completion_tokens` of the usage chunk.
     pub fn on_event(
         &mut self,
         ev: &SseEvent,
@@ -347,25 +556,57 @@ impl Relay {
         if let Some(err) = chunk.error {
             return Err(in_band_error(err.get().as_bytes()));
         }
+        let mut fold = false;
+        let has_usage = chunk.usage.is_some();
         if let Some(u) = chunk.usage {
-            self.usage = u.into();
+            (self.usage, fold) = u.normalize(self.preset);
         }
         let mut progress = Progress::NOTHING;
+        let mut fix_finish = false;
         match &chunk.choices {
             Some(choices) if !choices.is_empty() => {
                 for c in choices {
-                    if c.delta.as_ref().is_some_and(ChunkDelta::is_meaningful) {
-                        progress.meaningful = true;
+                    if let Some(d) = &c.delta {
+                        progress.meaningful |= d.is_meaningful();
+                        self.saw_tool_calls |= d.has_tool_calls();
                     }
-                    if c.finish_reason.as_deref().is_some_and(|r| !r.is_empty()) {
-                        self.finished = true;
-                        progress.finished = true;
+                    match c.finish_reason.as_deref() {
+                        Some("error") => {
+                            return Err(UpstreamError::new(
+                                ErrorClass::ServerError,
+                                "upstream ended the stream with finish_reason \"error\"",
+                            ))
+                        }
+                        // xAI ends tool-call streams with an empty finish reason.
+                        Some("")
+                            if self.preset == Preset::Xai
+                                && self.saw_tool_calls
+                                && !self.finished =>
+                        {
+                            fix_finish = true;
+                            self.finished = true;
+                            progress.finished = true;
+                        }
+                        None | Some("") => {}
+                        Some(_) => {
+                            self.finished = true;
+                            progress.finished = true;
+                        }
                     }
                 }
             }
+            // No choices and no usage: Azure's prompt_filter_results chunk or a later
+            // annotation. Nothing the client needs.
+            _ if !has_usage => return Ok(progress),
             // The usage chunk: only for clients that asked for it.
             _ if !self.include_usage => return Ok(progress),
             _ => {}
+        }
+        if fold || fix_finish {
+            if let Some(fixed) = fix_chunk(data, fold, fix_finish) {
+                oai::write_data_event(out, &fixed);
+                return Ok(progress);
+            }
         }
         oai::write_data_event(out, data);
         Ok(progress)
@@ -392,35 +633,60 @@ impl Relay {
     }
 }
 
+/// An xAI chunk with its usage folded and/or its blank finish reasons set to `tool_calls`.
+fn fix_chunk(data: &[u8], fold: bool, fix_finish: bool) -> Option<Vec<u8>> {
+    let mut chunk: Value = serde_json::from_slice(data).ok()?;
+    if fold {
+        if let Some(u) = chunk.get_mut("usage") {
+            fold_reasoning(u);
+        }
+    }
+    if fix_finish {
+        let choices = chunk.get_mut("choices").and_then(Value::as_array_mut);
+        for c in choices
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if c.get("finish_reason").and_then(Value::as_str) == Some("") {
+                c.insert("finish_reason".to_owned(), Value::from("tool_calls"));
+            }
+        }
+    }
+    serde_json::to_vec(&chunk).ok()
+}
+
 /// An error object sent inside a 200 stream (`data: {"error": {...}}`, e.g. OpenRouter).
 fn in_band_error(raw: &[u8]) -> UpstreamError {
     let mut wrapped = Vec::with_capacity(raw.len() + 10);
     wrapped.extend_from_slice(b"{\"error\":");
     wrapped.extend_from_slice(raw);
     wrapped.push(b'}');
-    let (message, kind, code, numeric) = read_error(&wrapped);
-    let status = numeric
+    let err = read_error(&wrapped);
+    // OpenRouter puts the HTTP status the request would have had in a numeric `code`.
+    let status = err
+        .numeric_code
         .and_then(|n| u16::try_from(n).ok())
         .filter(|s| (400..600).contains(s));
     let overloaded = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains("overloaded"));
-    let class = if overloaded(&code)
-        || overloaded(&kind)
-        || message.to_ascii_lowercase().contains("overloaded")
+    let class = if overloaded(&err.code)
+        || overloaded(&err.kind)
+        || err.message.to_ascii_lowercase().contains("overloaded")
     {
         ErrorClass::Overloaded
-    } else if code.as_deref() == Some("rate_limit_exceeded") || status == Some(429) {
+    } else if err.code.as_deref() == Some("rate_limit_exceeded") || status == Some(429) {
         ErrorClass::RateLimited
     } else if let Some(s) = status {
         classify_error(s, None, &wrapped).class
     } else {
         ErrorClass::ServerError
     };
-    let message = if message.is_empty() {
+    let message = if err.message.is_empty() {
         "upstream sent an error event".to_owned()
     } else {
-        truncate_message(&message)
+        truncate_message(&err.message)
     };
-    UpstreamError::new(class, message).with_code(code.filter(|c| is_identifier(c)))
+    UpstreamError::new(class, message).with_code(err.code.filter(|c| is_identifier(c)))
 }
 
 #[cfg(test)]
@@ -500,7 +766,15 @@ mod tests {
     #[test]
     fn the_9_1_response_is_relayed_and_its_usage_read() {
         let resp = br#"{"id":"chatcmpl-GwVec0001","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1045,"completion_tokens":3,"total_tokens":1048,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_gwvec01"}"#;
-        let usage = parse_response(resp).expect("valid");
+        let (out, usage) = parse(Preset::OpenAi, resp).expect("valid");
+        assert_eq!(&out[..], &resp[..], "relayed unchanged");
+        let e = parse(
+            Preset::OpenRouter,
+            br#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-min"}}"#,
+        )
+        .expect_err("an error body is no answer");
+        assert_eq!(e.class, ErrorClass::RateLimited);
+        assert!(e.message.starts_with("Rate limit exceeded"));
         assert_eq!(
             usage,
             Usage {
@@ -510,13 +784,13 @@ mod tests {
                 ..Usage::default()
             }
         );
-        assert!(parse_response(b"\n\n{\"choices\":[{}]}").is_ok());
+        assert!(parse(Preset::OpenAi, b"\n\n{\"choices\":[{}]}").is_ok());
         assert_eq!(
-            parse_response(b"<html>").map_err(|e| e.class),
+            parse(Preset::OpenAi, b"<html>").map_err(|e| e.class),
             Err(ErrorClass::ServerError)
         );
         assert_eq!(
-            parse_response(b"{\"choices\":[]}").map_err(|e| e.class),
+            parse(Preset::OpenAi, b"{\"choices\":[]}").map_err(|e| e.class),
             Err(ErrorClass::ServerError)
         );
     }
@@ -581,8 +855,16 @@ mod tests {
         crate::providers::test_support::feed(relay, input)
     }
 
+    fn parse(preset: Preset, body: &'static [u8]) -> Result<(Bytes, Usage), UpstreamError> {
+        parse_response(preset, Bytes::from_static(body))
+    }
+
     fn new_relay(include_usage: bool) -> StreamTranslator {
-        StreamTranslator::OpenAi(Relay::new(include_usage))
+        preset_relay(include_usage, Preset::OpenAi)
+    }
+
+    fn preset_relay(include_usage: bool, preset: Preset) -> StreamTranslator {
+        StreamTranslator::OpenAi(Relay::new(include_usage, preset))
     }
 
     const VECTOR_9_1_STREAM: &str = "data: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_GwVecTool0001\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-GwVec0002\",\"object\":\"chat.completion.chunk\",\"created\":1735689601,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":62,\"completion_tokens\":15,\"total_tokens\":77,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\ndata: [DONE]\n\n";
@@ -676,5 +958,334 @@ mod tests {
             "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\",\"metadata\":{}}}\n\n",
         );
         assert_eq!(end.map_err(|e| e.class), Err(ErrorClass::ServerError));
+    }
+
+    // --- presets: non-streaming responses ---
+
+    #[test]
+    fn leading_whitespace_is_trimmed_without_a_copy() {
+        let body = Bytes::from_static(b"\n\n\r\n  {\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}");
+        let (out, _) = parse_response(Preset::DeepSeek, body.clone()).expect("valid");
+        assert!(out.starts_with(b"{\"object\""));
+        assert_eq!(out.as_ptr(), body[6..].as_ptr(), "a slice of the input");
+    }
+
+    #[test]
+    fn a_content_filter_finish_is_a_successful_answer() {
+        // Azure: output filtered (providers.md §2.3), with its annotations left in place.
+        let resp = br#"{"id":"chatcmpl-az1","object":"chat.completion","created":1735689600,"model":"gpt-4o-2024-08-06","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}],"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter","content_filter_results":{"violence":{"filtered":true,"severity":"high"}}}],"usage":{"prompt_tokens":20,"completion_tokens":0,"total_tokens":20}}"#;
+        let (out, usage) = parse(Preset::Azure, resp).expect("a 200 answer");
+        assert_eq!(&out[..], &resp[..]);
+        assert_eq!(usage.prompt_tokens, 20);
+    }
+
+    #[test]
+    fn deepseek_cache_hits_are_cached_tokens() {
+        let resp = br#"{"id":"d1","object":"chat.completion","created":1,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello.","reasoning_content":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":1045,"completion_tokens":3,"total_tokens":1048,"prompt_cache_hit_tokens":1024,"prompt_cache_miss_tokens":21}}"#;
+        let (out, usage) = parse(Preset::DeepSeek, resp).expect("valid");
+        assert_eq!(
+            &out[..],
+            &resp[..],
+            "usage is read, the body is not rewritten"
+        );
+        assert_eq!(usage.cached_tokens, 1024);
+        assert_eq!(usage.prompt_tokens, 1045);
+        // prompt_tokens_details wins when both are present.
+        let resp = br#"{"choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":4},"prompt_cache_hit_tokens":8}}"#;
+        assert_eq!(
+            parse(Preset::DeepSeek, resp)
+                .expect("valid")
+                .1
+                .cached_tokens,
+            4
+        );
+    }
+
+    #[test]
+    fn xai_blank_finish_after_tool_calls_and_reasoning_outside_completion_are_fixed() {
+        let resp = br#"{"id":"x1","object":"chat.completion","created":1,"model":"grok-4-0709","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},"finish_reason":""}],"usage":{"prompt_tokens":32,"completion_tokens":9,"total_tokens":135,"prompt_tokens_details":{"cached_tokens":6},"completion_tokens_details":{"reasoning_tokens":94}}}"#;
+        let (out, usage) = parse(Preset::Xai, resp).expect("valid");
+        let v = json_of(&out);
+        assert_eq!(v["choices"][0]["finish_reason"], json!("tool_calls"));
+        assert_eq!(v["usage"]["completion_tokens"], json!(103));
+        assert_eq!(v["usage"]["total_tokens"], json!(135));
+        assert_eq!(
+            v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            json!(94)
+        );
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            json!("{\"city\":\"Paris\"}")
+        );
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 32,
+                completion_tokens: 103,
+                cached_tokens: 6,
+                cache_write_tokens: 0,
+                reasoning_tokens: 94,
+            }
+        );
+        // The same body from another preset is left alone.
+        let (out, usage) = parse(Preset::OpenAi, resp).expect("valid");
+        assert_eq!(&out[..], &resp[..]);
+        assert_eq!(usage.completion_tokens, 9);
+    }
+
+    #[test]
+    fn xai_bodies_that_follow_the_contract_are_not_rewritten() {
+        // Reasoning already inside completion_tokens (total = prompt + completion): no fold.
+        let resp = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":50,"total_tokens":60,"completion_tokens_details":{"reasoning_tokens":40}}}"#;
+        let (out, usage) = parse(Preset::Xai, resp).expect("valid");
+        assert_eq!(&out[..], &resp[..]);
+        assert_eq!(usage.completion_tokens, 50);
+        // A blank finish without tool calls is not guessed at.
+        let resp = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":""}]}"#;
+        let (out, _) = parse(Preset::Xai, resp).expect("valid");
+        assert_eq!(&out[..], &resp[..]);
+    }
+
+    // --- presets: errors ---
+
+    #[test]
+    fn azure_errors() {
+        let filtered = br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":true,"severity":"high"}}}}}"#;
+        let e = classify_error(400, None, filtered);
+        assert_eq!(e.class, ErrorClass::ContentPolicy);
+        assert_eq!(e.code.as_deref(), Some("content_filter"));
+        let inner_only = br#"{"error":{"message":"filtered","code":"invalid_request_error","innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#;
+        assert_eq!(
+            classify_error(400, None, inner_only).class,
+            ErrorClass::ContentPolicy
+        );
+        let rate = br#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after 6 seconds."}}"#;
+        let e = classify_error(429, None, rate);
+        assert_eq!(e.class, ErrorClass::RateLimited);
+        assert_eq!(e.code.as_deref(), Some("429"));
+        assert_eq!(
+            e.retry_after,
+            Some(Duration::from_secs(6)),
+            "from the message"
+        );
+        // The header (retry-after-ms, read by parse_retry_after) wins over the message.
+        let e = classify_error(429, Some(Duration::from_millis(5500)), rate);
+        assert_eq!(e.retry_after, Some(Duration::from_millis(5500)));
+        let ctx = br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            classify_error(400, None, ctx).class,
+            ErrorClass::ContextWindow
+        );
+    }
+
+    #[test]
+    fn retry_hints_in_messages() {
+        assert_eq!(
+            retry_hint("please try again in 1.5s."),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_hint("please try again in 20ms."),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            retry_hint("please retry after 6 seconds."),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(retry_hint("please try again in 5 minutes"), None);
+        assert_eq!(retry_hint("please retry after ."), None);
+        assert_eq!(retry_hint("rate limited"), None);
+    }
+
+    #[test]
+    fn compat_provider_errors() {
+        // DeepSeek and OpenRouter: 402 is out of money.
+        let deepseek = br#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#;
+        assert_eq!(
+            classify_error(402, None, deepseek).class,
+            ErrorClass::QuotaExhausted
+        );
+        let openrouter = br#"{"error":{"code":402,"message":"Insufficient credits. Add more using https://openrouter.ai/settings/credits"}}"#;
+        let e = classify_error(402, None, openrouter);
+        assert_eq!(e.class, ErrorClass::QuotaExhausted);
+        assert!(e.message.starts_with("Insufficient credits"));
+        // DeepSeek 503: overloaded.
+        let busy = br#"{"error":{"message":"Server overloaded, please try again later","type":"server_error"}}"#;
+        assert_eq!(
+            classify_error(503, None, busy).class,
+            ErrorClass::Overloaded
+        );
+        // Mistral: the error object is the top level; 422 `extra_forbidden` has an object message.
+        let extra = br#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","user"],"msg":"Extra inputs are not permitted","input":"u-1"}]},"type":"invalid_request_message_error","param":null,"code":null}"#;
+        let e = classify_error(422, None, extra);
+        assert_eq!(e.class, ErrorClass::BadRequest);
+        assert!(e.message.contains("extra_forbidden"), "{}", e.message);
+        let mistral_ctx = br#"{"object":"error","message":"Prompt contains 40000 tokens and 0 draft tokens, too large for model with 32768 maximum context length","type":"invalid_request_error","param":null,"code":"3051"}"#;
+        assert_eq!(
+            classify_error(400, None, mistral_ctx).class,
+            ErrorClass::ContextWindow
+        );
+        let capacity = br#"{"object":"error","message":"Service tier capacity exceeded for this model.","type":"service_tier_capacity_exceeded","param":null,"code":"3505"}"#;
+        let e = classify_error(429, None, capacity);
+        assert_eq!(e.class, ErrorClass::RateLimited);
+        assert_eq!(e.message, "Service tier capacity exceeded for this model.");
+        assert_eq!(
+            classify_error(503, None, capacity).class,
+            ErrorClass::RateLimited,
+            "the text decides whatever the status"
+        );
+        // vLLM's body has the same top-level shape.
+        let vllm = br#"{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.","type":"BadRequestError","param":null,"code":400}"#;
+        assert_eq!(
+            classify_error(400, None, vllm).class,
+            ErrorClass::ContextWindow
+        );
+        // Groq's 400 for a field it refuses.
+        let groq = br#"{"error":{"message":"'messages.0' : for 'role:user' the following must be satisfied[('messages.0.name' : property 'name' is unsupported)]","type":"invalid_request_error"}}"#;
+        assert_eq!(
+            classify_error(400, None, groq).class,
+            ErrorClass::BadRequest
+        );
+    }
+
+    // --- presets: streams ---
+
+    const AZURE_STREAM: &str = "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},\"self_harm\":{\"filtered\":false,\"severity\":\"safe\"},\"sexual\":{\"filtered\":false,\"severity\":\"safe\"},\"violence\":{\"filtered\":false,\"severity\":\"safe\"}}}]}\n\n\
+data: {\"choices\":[{\"content_filter_results\":{},\"delta\":{\"content\":\"\",\"role\":\"assistant\"},\"finish_reason\":null,\"index\":0}],\"created\":1735689601,\"id\":\"chatcmpl-az2\",\"model\":\"gpt-4o-2024-08-06\",\"object\":\"chat.completion.chunk\",\"usage\":null}\n\n\
+data: {\"choices\":[{\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}},\"delta\":{\"content\":\"Hello.\"},\"finish_reason\":null,\"index\":0}],\"created\":1735689601,\"id\":\"chatcmpl-az2\",\"model\":\"gpt-4o-2024-08-06\",\"object\":\"chat.completion.chunk\",\"usage\":null}\n\n\
+data: {\"choices\":[{\"content_filter_results\":{},\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"created\":1735689601,\"id\":\"chatcmpl-az2\",\"model\":\"gpt-4o-2024-08-06\",\"object\":\"chat.completion.chunk\",\"usage\":null}\n\n\
+data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"usage\":null,\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n\
+data: {\"choices\":[],\"created\":1735689601,\"id\":\"chatcmpl-az2\",\"model\":\"gpt-4o-2024-08-06\",\"object\":\"chat.completion.chunk\",\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":3,\"total_tokens\":23}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn azure_filter_chunks_are_dropped_and_the_usage_chunk_kept() {
+        let mut relay = preset_relay(true, Preset::Azure);
+        let (out, progress, end) = relay_all(&mut relay, AZURE_STREAM);
+        assert!(end.is_ok());
+        assert!(!out.contains("prompt_filter_results"), "{out}");
+        assert!(!progress[0].meaningful && !progress[0].finished);
+        assert!(progress[2].meaningful);
+        assert!(progress[3].finished);
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(
+            events.len(),
+            5,
+            "role, content, finish, usage, [DONE]: {out}"
+        );
+        assert!(
+            events[3].contains("\"choices\":[],") && events[3].contains("\"prompt_tokens\":20")
+        );
+        assert_eq!(relay.usage().total(), 23);
+        let mut relay = preset_relay(false, Preset::Azure);
+        let (out, _, end) = relay_all(&mut relay, AZURE_STREAM);
+        assert!(end.is_ok());
+        assert!(!out.contains("\"choices\":[]"), "{out}");
+        assert_eq!(relay.usage().total(), 23);
+    }
+
+    #[test]
+    fn openrouter_comments_and_mid_stream_errors() {
+        let head = "data: {\"id\":\"gen-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+        for (error, class) in [
+            (
+                "{\"code\":429,\"message\":\"Rate limit exceeded\",\"metadata\":{}}",
+                ErrorClass::RateLimited,
+            ),
+            (
+                "{\"code\":402,\"message\":\"Insufficient credits\"}",
+                ErrorClass::QuotaExhausted,
+            ),
+            (
+                "{\"code\":503,\"message\":\"No instances available\"}",
+                ErrorClass::Overloaded,
+            ),
+            (
+                "{\"code\":502,\"message\":\"Provider returned error\"}",
+                ErrorClass::ServerError,
+            ),
+            (
+                "{\"code\":\"server_error\",\"message\":\"Provider disconnected unexpectedly\"}",
+                ErrorClass::ServerError,
+            ),
+        ] {
+            let mut relay = preset_relay(false, Preset::OpenRouter);
+            let input = format!(
+                ": OPENROUTER PROCESSING\n\n{head}: OPENROUTER PROCESSING\n\ndata: {{\"id\":\"gen-1\",\"object\":\"chat.completion.chunk\",\"error\":{error},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"finish_reason\":\"error\"}}]}}\n\n"
+            );
+            let (out, progress, end) = relay_all(&mut relay, &input);
+            assert_eq!(progress.len(), 1, "comments are not events");
+            assert!(out.contains("\"role\":\"assistant\""));
+            let e = end.expect_err("an error chunk fails the stream");
+            assert_eq!(e.class, class, "{error}");
+            assert!(!e.message.is_empty());
+        }
+        // finish_reason "error" alone fails too; `"error": null` on a normal chunk does not.
+        let mut relay = preset_relay(false, Preset::OpenRouter);
+        let (_, _, end) = relay_all(
+            &mut relay,
+            "data: {\"error\":null,\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"error\"}]}\n\n",
+        );
+        assert_eq!(end.map_err(|e| e.class), Err(ErrorClass::ServerError));
+        let mut relay = preset_relay(false, Preset::OpenRouter);
+        let (_, _, end) = relay_all(
+            &mut relay,
+            "data: {\"error\":null,\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        );
+        assert!(end.is_ok());
+    }
+
+    #[test]
+    fn deepseek_keep_alives_and_blank_lines_are_ignored() {
+        let input = ": keep-alive\n\n\n\n: keep-alive\n\ndata: {\"id\":\"d2\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n\n: keep-alive\n\ndata: {\"id\":\"d2\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n: keep-alive\n\ndata: {\"id\":\"d2\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":1,\"total_tokens\":13,\"prompt_cache_hit_tokens\":8,\"prompt_cache_miss_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let mut relay = preset_relay(true, Preset::DeepSeek);
+        let (out, progress, end) = relay_all(&mut relay, input);
+        assert!(end.is_ok());
+        assert_eq!(progress.len(), 4, "three chunks and [DONE]");
+        assert_eq!(relay.invalid_events(), 0);
+        assert!(!out.contains("keep-alive"));
+        assert_eq!(out.matches("data: ").count(), 4);
+        assert_eq!(relay.usage().cached_tokens, 8);
+        assert_eq!(relay.usage().total(), 13);
+    }
+
+    #[test]
+    fn xai_tool_streams_get_a_real_finish_and_folded_usage() {
+        let input = "data: {\"id\":\"x2\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"x2\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"\"}]}\n\n\
+data: {\"id\":\"x2\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":32,\"completion_tokens\":9,\"total_tokens\":135,\"completion_tokens_details\":{\"reasoning_tokens\":94}}}\n\n\
+data: [DONE]\n\n";
+        let mut relay = preset_relay(true, Preset::Xai);
+        let (out, progress, end) = relay_all(&mut relay, input);
+        assert!(end.is_ok(), "{end:?}");
+        assert!(progress[0].meaningful);
+        assert!(progress[1].finished);
+        let events: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|e| *e != "[DONE]")
+            .map(|e| json_of(e.as_bytes()))
+            .collect();
+        assert_eq!(
+            events[1]["choices"][0]["finish_reason"],
+            json!("tool_calls")
+        );
+        assert_eq!(events[2]["usage"]["completion_tokens"], json!(103));
+        assert_eq!(events[2]["usage"]["total_tokens"], json!(135));
+        assert_eq!(relay.usage().completion_tokens, 103);
+        assert_eq!(relay.usage().reasoning_tokens, 94);
+        // The same stream from another preset: "" is no finish, so [DONE] is a truncation.
+        let mut relay = preset_relay(true, Preset::OpenAi);
+        let (_, _, end) = relay_all(&mut relay, input);
+        assert!(end.is_err());
+    }
+
+    #[test]
+    fn xai_text_streams_pass_through() {
+        let input = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let mut relay = preset_relay(false, Preset::Xai);
+        let (out, _, end) = relay_all(&mut relay, input);
+        assert!(end.is_ok());
+        assert_eq!(out, input);
     }
 }

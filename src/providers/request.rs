@@ -117,11 +117,15 @@ pub struct Facts {
     pub max_tokens: Option<u32>,
     /// The `user` field, for conditional routing rules.
     pub user: Option<Box<str>>,
+    /// Embeddings: what the client asked for (input count, encoding, dimensions).
+    pub embed: Option<super::embeddings::Ask>,
 }
 
 /// A validated request body and the spans of its top-level fields.
 #[derive(Debug, Clone)]
 pub struct ChatBody {
+    /// Which API the body is for; embeddings bodies are validated by `providers::embeddings`.
+    pub op: super::Op,
     pub bytes: Bytes,
     pub fields: Vec<Field>,
     pub model: Box<str>,
@@ -133,6 +137,7 @@ impl ChatBody {
     pub fn parse(bytes: Bytes) -> Result<ChatBody, GatewayError> {
         let fields = scan_top_level(&bytes)?;
         let mut body = ChatBody {
+            op: super::Op::Chat,
             bytes,
             fields,
             model: Box::from(""),
@@ -146,11 +151,40 @@ impl ChatBody {
             est_prompt_tokens: u32::try_from(body.bytes.len() / 4).unwrap_or(u32::MAX),
             max_tokens: req.max_tokens,
             user: req.user.as_deref().map(Box::from),
+            embed: None,
         };
         drop(req);
         body.model = model;
         body.facts = facts;
         Ok(body)
+    }
+
+    /// Parses and validates an embeddings request body (`POST /v1/embeddings`).
+    pub fn parse_embeddings(bytes: Bytes) -> Result<ChatBody, GatewayError> {
+        let req = super::embeddings::parse_request(&bytes)?;
+        let model: Box<str> = req.model.as_ref().into();
+        let est = req.estimate_tokens();
+        let facts = Facts {
+            stream: false,
+            include_usage: false,
+            est_prompt_tokens: est,
+            max_tokens: Some(0),
+            user: req.user.as_deref().map(Box::from),
+            embed: Some(super::embeddings::Ask {
+                inputs: req.count(),
+                encoding: req.encoding,
+                est_tokens: est,
+                dimensions: req.dimensions,
+            }),
+        };
+        drop(req);
+        Ok(ChatBody {
+            op: super::Op::Embeddings,
+            bytes,
+            fields: Vec::new(),
+            model,
+            facts,
+        })
     }
 
     pub fn value(&self, field: &Field) -> &[u8] {
@@ -310,13 +344,16 @@ pub enum Part<'a> {
         #[serde(borrow)]
         image_url: ImageUrl<'a>,
     },
+    /// Audio and file parts are forwarded untouched to OpenAI-shaped upstreams and refused by
+    /// the others, so their contents are only checked to be present. (A borrowed `RawValue`
+    /// cannot sit in an internally tagged enum: serde buffers the fields first.)
     InputAudio {
-        #[serde(borrow)]
-        input_audio: &'a RawValue,
+        #[allow(dead_code, reason = "presence is what is validated")]
+        input_audio: serde::de::IgnoredAny,
     },
     File {
-        #[serde(borrow)]
-        file: &'a RawValue,
+        #[allow(dead_code, reason = "presence is what is validated")]
+        file: serde::de::IgnoredAny,
     },
 }
 

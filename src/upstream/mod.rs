@@ -21,8 +21,7 @@ use crate::config::{Config, Deployment, RouterConfig};
 use crate::error::{ErrorClass, UpstreamError};
 use crate::policy::headroom::Headroom;
 use crate::providers::oai::{self, Usage};
-use crate::providers::sse::SseDecoder;
-use crate::providers::{self, ProviderKind, StreamTranslator};
+use crate::providers::{self, Expect, Op, RespMeta, StreamDecoder, StreamTranslator, Wire};
 
 /// Bound on an upstream error body we read (we only need its message and code).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -32,12 +31,16 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const DRAIN_BYTES: usize = 16 * 1024;
 const DRAIN_TIME: Duration = Duration::from_millis(50);
 
-/// Where and how to reach one deployment: its URL and static headers, prepared once.
+/// Where and how to reach one deployment: its URLs and static headers, prepared once.
 #[derive(Debug)]
 pub struct Target {
-    pub uri: Uri,
+    pub wire: Wire,
+    /// URLs for the deployment's own upstream model: chat, chat stream, embeddings, embeddings
+    /// batch (Gemini). `None` where the provider does not serve the operation.
+    uris: [Option<Uri>; 4],
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub kind: ProviderKind,
+    /// The model the cached URLs name.
+    model: Arc<str>,
 }
 
 /// Prepares every deployment's target. Fails only if config validation let something through.
@@ -51,21 +54,73 @@ pub fn targets(config: &Config) -> Result<Arc<[Target]>, String> {
 }
 
 fn target(dep: &Deployment) -> Result<Target, String> {
-    let uri: Uri = dep
-        .endpoint
-        .parse()
-        .map_err(|_| "api_base does not form a valid URL".to_owned())?;
+    let wire = dep.wire.clone();
+    let uri = |op, stream, batch| -> Result<Option<Uri>, String> {
+        match wire.url(op, &dep.upstream_model, stream, batch) {
+            Ok(u) => u
+                .parse()
+                .map(Some)
+                .map_err(|_| "api_base does not form a valid URL".to_owned()),
+            Err(_) => Ok(None),
+        }
+    };
+    let uris = [
+        uri(Op::Chat, false, false)?,
+        uri(Op::Chat, true, false)?,
+        uri(Op::Embeddings, false, false)?,
+        uri(Op::Embeddings, false, true)?,
+    ];
     let mut headers = Vec::new();
-    for (name, value, sensitive) in dep.provider.headers(dep) {
+    for (name, value, sensitive) in wire.headers() {
         let mut v = HeaderValue::from_str(&value).map_err(|_| format!("invalid {name} header"))?;
         v.set_sensitive(sensitive);
         headers.push((HeaderName::from_static(name), v));
     }
     Ok(Target {
-        uri,
+        wire,
+        uris,
         headers,
-        kind: dep.provider,
+        model: dep.upstream_model.clone(),
     })
+}
+
+/// One request's destination: which operation, which model (a wildcard group passes the
+/// client's through), stream or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub model: &'a str,
+    pub expect: Expect,
+    pub stream: bool,
+}
+
+impl Target {
+    fn uri(&self, call: &Call<'_>) -> Result<Uri, UpstreamError> {
+        let batch = call
+            .expect
+            .embed
+            .is_some_and(|(t, _)| t == crate::providers::embeddings::Target::GeminiBatch);
+        let slot = match (call.expect.op, call.stream, batch) {
+            (Op::Chat, false, _) => 0,
+            (Op::Chat, true, _) => 1,
+            (Op::Embeddings, _, false) => 2,
+            (Op::Embeddings, _, true) => 3,
+        };
+        if *self.model == *call.model {
+            if let Some(u) = &self.uris[slot] {
+                return Ok(u.clone());
+            }
+        }
+        let url = self
+            .wire
+            .url(call.expect.op, call.model, call.stream, batch)
+            .map_err(|e| UpstreamError::new(ErrorClass::BadRequest, e.message))?;
+        url.parse().map_err(|_| {
+            UpstreamError::new(
+                ErrorClass::BadRequest,
+                "the model name does not form a valid upstream URL",
+            )
+        })
+    }
 }
 
 /// The worker's upstream client: explicit connect timeout, no redirects, bounded pool, and
@@ -148,14 +203,46 @@ fn timed_out(what: &str) -> UpstreamError {
 async fn send(
     client: &Client,
     target: &Target,
+    call: &Call<'_>,
     body: Bytes,
     deadline: Instant,
 ) -> Result<ClientResponse, UpstreamError> {
+    let uri = target.uri(call)?;
+    let signed = match &target.wire.aws {
+        Some(providers::Aws {
+            region,
+            credentials: Some(creds),
+        }) => {
+            let url = uri.to_string();
+            providers::bedrock::sign(
+                creds,
+                region,
+                &url,
+                &[("content-type", "application/json")],
+                &body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| {
+                UpstreamError::new(
+                    ErrorClass::UpstreamAuth,
+                    format!("cannot sign request: {e}"),
+                )
+            })?
+        }
+        _ => Vec::new(),
+    };
     let mut req = client
-        .post(target.uri.clone())
+        .post(uri)
         .insert_header((actix_web::http::header::CONTENT_TYPE, "application/json"));
     for (name, value) in &target.headers {
         req = req.insert_header((name.clone(), value.clone()));
+    }
+    for (name, value) in signed {
+        let mut v = HeaderValue::from_str(&value).map_err(|_| {
+            UpstreamError::new(ErrorClass::UpstreamAuth, "signature is not a valid header")
+        })?;
+        v.set_sensitive(name == "authorization" || name == "x-amz-security-token");
+        req = req.insert_header((HeaderName::from_static(name), v));
     }
     match timeout_at(deadline, req.send_body(body)).await {
         Ok(r) => r.map_err(send_error),
@@ -167,9 +254,24 @@ fn header<'a>(resp: &'a ClientResponse, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Facts from a response's headers for the translators.
+fn resp_meta<'a>(resp: &'a ClientResponse, model: &'a str) -> RespMeta<'a> {
+    RespMeta {
+        model,
+        created: oai::unix_now(),
+        request_id: header(resp, "x-amzn-requestid")
+            .or_else(|| header(resp, "x-request-id"))
+            .or_else(|| header(resp, "request-id")),
+        error_type: header(resp, "x-amzn-errortype"),
+        input_token_count: header(resp, "x-amzn-bedrock-input-token-count")
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
 /// Reads and classifies a non-2xx response.
 async fn error_from(
-    kind: ProviderKind,
+    target: &Target,
+    call: &Call<'_>,
     mut resp: ClientResponse,
     deadline: Instant,
 ) -> UpstreamError {
@@ -183,9 +285,39 @@ async fn error_from(
         // The status alone still classifies the failure.
         _ => Bytes::new(),
     };
-    let mut e = providers::classify_error(kind, status, retry_after, &body);
+    let meta = resp_meta(&resp, call.model);
+    let mut e = providers::classify_error(
+        &target.wire,
+        call.expect.op,
+        status,
+        retry_after,
+        &meta,
+        &body,
+    );
     e.headroom = headroom(&resp).map(Box::new);
     e
+}
+
+/// A 2xx answer whose media type is not what was asked for is a broken upstream (an HTML error
+/// page from a proxy, say). A missing content type is accepted; the body is still validated.
+fn check_content_type(resp: &ClientResponse, want: &str) -> Result<(), UpstreamError> {
+    match header(resp, "content-type") {
+        None => Ok(()),
+        Some(ct) => {
+            let media = ct.split(';').next().unwrap_or("").trim();
+            let ok = media.eq_ignore_ascii_case(want)
+                || (want == "application/json" && media.to_ascii_lowercase().ends_with("+json"));
+            if ok {
+                Ok(())
+            } else {
+                Err(UpstreamError::new(
+                    ErrorClass::ServerError,
+                    format!("upstream answered with content type {media:?}, expected {want}"),
+                )
+                .with_status(resp.status().as_u16()))
+            }
+        }
+    }
 }
 
 /// The provider's rate-limit headers, if it sent any.
@@ -201,25 +333,28 @@ pub struct JsonAnswer {
 }
 
 /// One non-streaming attempt: send, wait for the whole body (bounded in size and time),
-/// translate.
+/// validate and translate.
 pub async fn call_json(
     client: &Client,
     target: &Target,
+    call: &Call<'_>,
     body: Bytes,
     deadline: Instant,
     max_body: usize,
 ) -> Result<JsonAnswer, UpstreamError> {
-    let mut resp = send(client, target, body, deadline).await?;
+    let mut resp = send(client, target, call, body, deadline).await?;
     if !resp.status().is_success() {
-        return Err(error_from(target.kind, resp, deadline).await);
+        return Err(error_from(target, call, resp, deadline).await);
     }
+    check_content_type(&resp, "application/json")?;
     let headroom = headroom(&resp);
     let bytes = match timeout_at(deadline, resp.body().limit(max_body)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return Err(payload_error(e)),
         Err(_) => return Err(timed_out("body")),
     };
-    let (body, usage) = providers::parse_response(target.kind, bytes)?;
+    let meta = resp_meta(&resp, call.model);
+    let (body, usage) = providers::parse_response(&target.wire, &call.expect, bytes, &meta)?;
     Ok(JsonAnswer {
         body,
         usage,
@@ -230,7 +365,7 @@ pub async fn call_json(
 /// A stream that reached its commit point: the bytes to send first, and the rest to pump.
 pub struct OpenStream {
     resp: ClientResponse,
-    decoder: SseDecoder,
+    decoder: StreamDecoder,
     translator: StreamTranslator,
     /// Translated output up to and including the first meaningful event.
     pub prelude: Bytes,
@@ -244,17 +379,22 @@ pub struct OpenStream {
 pub async fn open_stream(
     client: &Client,
     target: &Target,
+    call: &Call<'_>,
     body: Bytes,
     first_token_deadline: Instant,
     include_usage: bool,
 ) -> Result<OpenStream, UpstreamError> {
-    let mut resp = send(client, target, body, first_token_deadline).await?;
+    let mut resp = send(client, target, call, body, first_token_deadline).await?;
     if !resp.status().is_success() {
-        return Err(error_from(target.kind, resp, first_token_deadline).await);
+        return Err(error_from(target, call, resp, first_token_deadline).await);
     }
-    let is_sse = header(&resp, "content-type")
-        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
-    if !is_sse {
+    let want = target.wire.stream_content_type();
+    let is_stream = header(&resp, "content-type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case(want))
+    });
+    if !is_stream {
         return Err(UpstreamError::new(
             ErrorClass::ServerError,
             "upstream answered a stream request without an event stream",
@@ -262,8 +402,9 @@ pub async fn open_stream(
         .with_status(resp.status().as_u16()));
     }
     let headroom = headroom(&resp);
-    let mut decoder = SseDecoder::new();
-    let mut translator = StreamTranslator::new(target.kind, include_usage);
+    let mut decoder = StreamDecoder::new(target.wire.kind);
+    let mut translator =
+        StreamTranslator::new(&target.wire, include_usage, &resp_meta(&resp, call.model));
     let mut prelude = BytesMut::new();
     loop {
         let chunk = match timeout_at(first_token_deadline, resp.next()).await {
@@ -281,10 +422,7 @@ pub async fn open_stream(
         };
         decoder.feed(&chunk);
         let mut committed = false;
-        while let Some(ev) = decoder
-            .next_event()
-            .map_err(|e| UpstreamError::new(ErrorClass::ServerError, e.to_string()))?
-        {
+        while let Some(ev) = decoder.next_event()? {
             let p = translator.on_event(&ev, &mut prelude)?;
             if p.meaningful || p.finished {
                 committed = true;
@@ -354,9 +492,23 @@ pub async fn pump(
     if matches!(end, StreamEnd::Complete) {
         drain(&mut stream.resp, deadline).await;
     }
+    let mut usage = stream.translator.usage();
+    let end = match (end, providers::check_usage(&usage)) {
+        (end, Ok(())) => end,
+        // The client has its stream; impossible numbers are not billed, and the deployment is
+        // charged a failure.
+        (StreamEnd::Cancelled, Err(_)) => {
+            usage = Usage::default();
+            StreamEnd::Cancelled
+        }
+        (_, Err(e)) => {
+            usage = Usage::default();
+            StreamEnd::Failed(e)
+        }
+    };
     PumpResult {
         end,
-        usage: stream.translator.usage(),
+        usage,
         invalid_events: stream.translator.invalid_events(),
     }
 }
@@ -384,11 +536,7 @@ async fn pump_inner(
     let mut out = BytesMut::new();
     loop {
         // First the events already decoded (some may be left over from the peek).
-        while let Some(ev) = s
-            .decoder
-            .next_event()
-            .map_err(|e| UpstreamError::new(ErrorClass::ServerError, e.to_string()))?
-        {
+        while let Some(ev) = s.decoder.next_event()? {
             if s.translator.is_done() {
                 break;
             }

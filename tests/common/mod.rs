@@ -116,8 +116,36 @@ pub async fn chat(gw: &Gateway, body: &Value) -> Answer {
 }
 
 pub async fn chat_raw(gw: &Gateway, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
+    post_raw(gw, "/v1/chat/completions", body, headers).await
+}
+
+/// POSTs a JSON body to any gateway path (`/v1/embeddings`, `/v1/messages`, ...).
+pub async fn post(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    post_raw(gw, path, serde_json::to_vec(body).unwrap(), headers).await
+}
+
+/// POSTs to `path` and reads the whole body as text (for streams in other formats).
+pub async fn post_text(gw: &Gateway, path: &str, body: &Value) -> (u16, HeaderMap, String) {
+    let mut resp = client()
+        .post(format!("{}{path}", gw.url()))
+        .insert_header(("content-type", "application/json"))
+        .send_body(serde_json::to_vec(body).unwrap())
+        .await
+        .expect("gateway answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.body().limit(64 << 20).await.expect("body");
+    settle(gw).await;
+    (
+        status,
+        headers,
+        String::from_utf8(bytes.to_vec()).expect("utf8"),
+    )
+}
+
+pub async fn post_raw(gw: &Gateway, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
     let mut req = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
+        .post(format!("{}{path}", gw.url()))
         .insert_header(("content-type", "application/json"));
     for h in headers {
         req = req.insert_header(*h);
