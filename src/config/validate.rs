@@ -1765,6 +1765,106 @@ provider = "openai"
         );
     }
 
+    fn one(provider_and_keys: &str) -> String {
+        format!("[[deployments]]\nid = \"d\"\nmodel = \"m\"\n{provider_and_keys}\n")
+    }
+
+    #[test]
+    fn provider_settings_build_the_wire() {
+        let c = parse(&one(
+            "provider = \"azure\"\napi_base = \"https://r.openai.azure.com/\"\nupstream_model = \"prod-4o\"\napi_version = \"2024-10-21\"\nazure_auth = \"bearer\"\napi_key = \"k\"",
+        ))
+        .expect("valid azure");
+        let d = &c.deployments[0];
+        assert_eq!(
+            &*d.endpoint,
+            "https://r.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
+        );
+        assert!(d.wire.azure_bearer);
+
+        let c = parse_with_env(
+            &one("provider = \"bedrock\"\nupstream_model = \"anthropic.claude-3-haiku-20240307-v1:0\""),
+            &|name| match name {
+                "AWS_REGION" => Some("eu-west-1".to_owned()),
+                "AWS_ACCESS_KEY_ID" => Some("AKIDEXAMPLE".to_owned()),
+                "AWS_SECRET_ACCESS_KEY" => Some("secret".to_owned()),
+                _ => None,
+            },
+        )
+        .expect("bedrock from the environment");
+        let d = &c.deployments[0];
+        assert_eq!(
+            &*d.endpoint,
+            "https://bedrock-runtime.eu-west-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+        );
+        let aws = d.wire.aws.as_ref().expect("aws settings");
+        assert_eq!(&*aws.region, "eu-west-1");
+        assert!(aws.credentials.is_some());
+        assert!(
+            !format!("{:?}", d.wire).contains("secret\""),
+            "the secret never prints"
+        );
+
+        let c = parse(&one(
+            "provider = \"vertex\"\nvertex_project = \"p1\"\nvertex_location = \"global\"\napi_key = \"tok\"",
+        ))
+        .expect("valid vertex");
+        assert!(c.deployments[0]
+            .endpoint
+            .starts_with("https://aiplatform.googleapis.com/v1/projects/p1/locations/global/"));
+
+        let c = parse(&one("provider = \"mistral\"")).expect("a preset needs nothing else");
+        assert_eq!(
+            &*c.deployments[0].endpoint,
+            "https://api.mistral.ai/v1/chat/completions"
+        );
+        assert_eq!(c.deployments[0].wire.name, "mistral");
+        let c = parse(&one("provider = \"voyage\"")).expect("voyage");
+        assert_eq!(
+            &*c.deployments[0].endpoint,
+            "https://api.voyageai.com/v1/embeddings"
+        );
+    }
+
+    #[test]
+    fn provider_settings_are_checked() {
+        let p = problems(&one("provider = \"bedrock\""));
+        assert_has(&p, "deployments.d.aws_region: is required for bedrock");
+        assert_has(
+            &p,
+            "deployments.d.aws_access_key_id: bedrock needs credentials",
+        );
+        let p = problems(&one(
+            "provider = \"openai\"\napi_version = \"2024-10-21\"\naws_region = \"us-east-1\"",
+        ));
+        assert_has(
+            &p,
+            "deployments.d.api_version: only applies to provider = \"azure\"",
+        );
+        assert_has(
+            &p,
+            "deployments.d.aws_region: only applies to provider = \"bedrock\"",
+        );
+        let p = problems(&one("provider = \"azure\""));
+        assert_has(
+            &p,
+            "deployments.d.api_base: is required for provider = \"azure\"",
+        );
+        let p = problems(&one("provider = \"vertex\""));
+        assert_has(&p, "deployments.d.vertex_project: is required for vertex");
+        let p = problems(&one(
+            "provider = \"bedrock\"\naws_region = \"us-east-1\"\naws_access_key_id = \"AKID\"",
+        ));
+        assert_has(
+            &p,
+            "aws_access_key_id and aws_secret_access_key go together",
+        );
+        let p = problems(&one(
+            "provider = \"azure\"\napi_base = \"https://r.example\"\nazure_auth = \"token\"",
+        ));
+        assert_has(&p, "deployments.d.azure_auth = \"token\"");
+    }
+
     #[test]
     fn minimal_config_gets_every_default() {
         let c = parse(MINIMAL).expect("minimal config is valid");
