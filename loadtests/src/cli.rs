@@ -28,12 +28,21 @@ OPTIONS (the behaviour flags set the default of every route):
                            keys: latency_ms, ttft_ms, chunk_delay_ms, chunks, fail_rate,
                            model, error, retry_after (seconds, with error=rate_limited)
                            error: rate_limited, quota, overloaded, server_error,
-                                  context_length, bad_request, unauthorized
+                                  context_length, bad_request, unauthorized,
+                                  content_filtered
     -h, --help             print this help
 
-ROUTES:
-    OpenAI:    POST /v1/chat/completions, POST /NAME/v1/chat/completions (also without /v1)
-    Anthropic: POST /v1/messages,         POST /NAME/v1/messages
+ROUTES (each also under /NAME/... for route NAME):
+    OpenAI:    POST /v1/chat/completions (also without /v1), POST /v1/embeddings
+    Anthropic: POST /v1/messages
+    Azure:     POST /openai/deployments/D/chat/completions?api-version=V, .../D/embeddings?...,
+               POST /NAME/openai/v1/chat/completions, /NAME/openai/v1/embeddings
+    Bedrock:   POST /model/ID/converse, /model/ID/converse-stream, /model/ID/invoke
+    Gemini:    POST /v1beta/models/M:generateContent, :streamGenerateContent?alt=sse,
+               :embedContent, :batchEmbedContents; Vertex POST
+               /v1/projects/P/locations/L/publishers/google/models/M:generateContent (and stream)
+    Cohere:    POST /v2/chat, POST /v2/embed
+    Voyage:    POST /voyage/v1/embeddings
 
 EXAMPLE:
     mock-upstream --latency-ms 20 --route slow:latency_ms=500 --route busy:error=rate_limited,retry_after=2
@@ -164,6 +173,7 @@ where
             workers,
             record,
             require_api_key: None,
+            aws_credentials: None,
             default_behavior: global,
         },
         routes,
@@ -230,10 +240,12 @@ pub fn parse_route(spec: &str, base: &Behavior) -> Result<(String, Behavior), Cl
                 "context_length" => ErrorPreset::ContextLength,
                 "bad_request" => ErrorPreset::BadRequest,
                 "unauthorized" => ErrorPreset::Unauthorized,
+                "content_filtered" => ErrorPreset::ContentFiltered,
                 other => {
                     return Err(ctx(format!(
                         "unknown error {other:?} (one of rate_limited, quota, overloaded, \
-                         server_error, context_length, bad_request, unauthorized)"
+                         server_error, context_length, bad_request, unauthorized, \
+                         content_filtered)"
                     )))
                 }
             };

@@ -1,6 +1,6 @@
 //! Mock upstream and load tools for Switchyard.
 //!
-//! - [`mock`]: an in-process mock of the OpenAI and Anthropic chat APIs ([`MockUpstream`]),
+//! - [`mock`]: an in-process mock of the providers' chat and embeddings APIs ([`MockUpstream`]),
 //!   used by the gateway's integration tests and, through the `mock-upstream` command, by the
 //!   demo and the load benchmarks. It shares no code with the gateway.
 //! - [`cli`]: argument parsing of the `mock-upstream` command.

@@ -124,6 +124,9 @@ fn every_error_name_maps_to_its_preset() {
         }),
         ("bad_request", |p| matches!(p, ErrorPreset::BadRequest)),
         ("unauthorized", |p| matches!(p, ErrorPreset::Unauthorized)),
+        ("content_filtered", |p| {
+            matches!(p, ErrorPreset::ContentFiltered)
+        }),
     ] {
         let spec = format!("r:error={name}");
         let o = run(&["--route", &spec]);

@@ -1,4 +1,4 @@
-//! `mock-upstream`: serve the mock OpenAI / Anthropic upstream until Ctrl-C or SIGTERM.
+//! `mock-upstream`: serve the mock provider upstream until Ctrl-C or SIGTERM.
 //! See `mock-upstream --help` and loadtests/README.md.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -20,8 +20,14 @@ pub const DEFAULT_REPLY_TEXT: &str = "Hello from the mock upstream.";
 ///
 /// Usage: `prompt_tokens` is the OpenAI notion (total input, cached tokens included).
 /// Anthropic responses report `input_tokens = prompt_tokens - cached_tokens` and
-/// `cache_read_input_tokens = cached_tokens`, so a gateway translating Anthropic to OpenAI
-/// (providers.md §3.3) arrives back at `prompt_tokens`.
+/// `cache_read_input_tokens = cached_tokens` (Bedrock likewise with `inputTokens` and
+/// `cacheReadInputTokens`), so a gateway translating them to OpenAI (providers.md §3.3, §4.5)
+/// arrives back at `prompt_tokens`. Gemini reports `promptTokenCount = prompt_tokens` (and
+/// `cachedContentTokenCount`), Cohere `input_tokens = prompt_tokens`. Values are sent as given,
+/// up to `u32::MAX` each (totals are computed in 64 bits).
+///
+/// The other formats (Azure, Bedrock, Gemini, Cohere) and embeddings are described in the module
+/// docs of `mock`.
 #[derive(Clone, Debug)]
 pub struct Behavior {
     /// Delay before response headers (non-stream: before the whole response).
@@ -49,6 +55,9 @@ pub struct Behavior {
     pub completion_tokens: Option<u32>,
     /// Extra headers on successful responses (invalid names or values are skipped).
     pub headers: Vec<(String, String)>,
+    /// Embeddings: vector length when the request names none (`dimensions`,
+    /// `output_dimension`, `outputDimensionality`); 0 is treated as 1. Default 8.
+    pub embedding_dims: usize,
 }
 
 impl Default for Behavior {
@@ -66,6 +75,7 @@ impl Default for Behavior {
             cached_tokens: 0,
             completion_tokens: None,
             headers: Vec::new(),
+            embedding_dims: 8,
         }
     }
 }
@@ -151,6 +161,11 @@ impl Behavior {
         self.headers.push((name.into(), value.into()));
         self
     }
+
+    pub fn with_embedding_dims(mut self, n: usize) -> Self {
+        self.embedding_dims = n;
+        self
+    }
 }
 
 /// What the model replies.
@@ -188,7 +203,8 @@ pub enum Fault {
         after_chunks: usize,
     },
     /// Stream: HTTP 200, then an in-band error before any content (Anthropic: `message_start`
-    /// then `event: error`; OpenAI: `data: {"error":{...}}`), then end the body.
+    /// then `event: error`; OpenAI: `data: {"error":{...}}`; others: see the module docs), then
+    /// end the body.
     /// Non-stream: like `Error(ErrorPreset::Overloaded)`.
     InBandErrorBeforeContent,
     /// Stream: send `after_chunks` content chunks, then nothing more, never ending.
@@ -203,9 +219,14 @@ pub enum Fault {
     },
     /// Never send response headers (until the client goes away or the mock stops).
     Hang,
+    /// A 200 with `content-type: text/html` and an HTML page (a proxy or portal in the way),
+    /// whether or not a stream was asked for.
+    WrongContentType,
 }
 
-/// Canned upstream errors, rendered in the route's wire format (see providers.md §1.7, §3.5, §9).
+/// Canned upstream errors, rendered in the route's wire format (see providers.md §1.7, §2.3,
+/// §3.5, §4.7, §5.5, §6, §7, §9). Azure, Bedrock, Gemini, Cohere and Voyage are described in the
+/// module docs of `mock` (table "Error presets").
 #[derive(Clone, Debug)]
 pub enum ErrorPreset {
     /// 429 rate limit; `retry_after: Some(s)` adds `retry-after: s` in both formats.
@@ -222,6 +243,12 @@ pub enum ErrorPreset {
     BadRequest,
     /// 401: OpenAI `invalid_api_key`; Anthropic `authentication_error`.
     Unauthorized,
+    /// The provider's content-policy signal (providers.md §0.3): OpenAI 400
+    /// `content_policy_violation`; Azure 400 `code: content_filter` (§2.3 body). Where the signal
+    /// is a 200, a chat request gets a successful answer (stream or not) with the filtered finish:
+    /// Anthropic `stop_reason: refusal`, Bedrock `stopReason: guardrail_intervened`, Gemini
+    /// `promptFeedback.blockReason: SAFETY` without candidates. Embeddings of those get a 400.
+    ContentFiltered,
     /// Any status with this exact body and headers (`content-type: application/json` unless
     /// given). An invalid status becomes 500; invalid headers are skipped.
     Custom {

@@ -1,29 +1,122 @@
-//! An in-process mock of the OpenAI Chat Completions and Anthropic Messages APIs.
+//! An in-process mock of the LLM provider APIs the gateway talks to: OpenAI, Azure OpenAI,
+//! Anthropic, AWS Bedrock (Converse, ConverseStream, InvokeModel embeddings), Gemini / Vertex,
+//! Cohere v2 and Voyage.
 //!
-//! It speaks the wire formats of `shared/docs/providers.md` (§0.1, §1, §3, §9) and shares no
-//! code with the gateway, so the gateway's tests can use it as an independent upstream.
+//! It speaks the wire formats of `shared/docs/providers.md` (§0–§7, with the §9 vectors byte for
+//! byte where they exist) and shares no code with the gateway (its event-stream framing and
+//! SigV4 check are written here on `crc32fast`, `hmac` and `sha2`), so the gateway's tests can
+//! use it as an independent upstream.
 //!
-//! Routes (one path segment names a route; `""` is the default route):
+//! # Routes
 //!
-//! | path | format |
+//! A path is an API path, optionally under one route segment: `/{route}/{api path}`. Without a
+//! segment the route is `""` (the default route). Every route serves every format and shares
+//! one behaviour, queue, counter and recording between them.
+//!
+//! | API path (`POST`) | format |
 //! |---|---|
-//! | `POST /v1/chat/completions`, `POST /chat/completions` | OpenAI, route `""` |
-//! | `POST /{route}/v1/chat/completions`, `POST /{route}/chat/completions` | OpenAI, route `{route}` |
-//! | `POST /v1/messages` | Anthropic, route `""` |
-//! | `POST /{route}/v1/messages` | Anthropic, route `{route}` |
+//! | `/v1/chat/completions`, `/chat/completions` | OpenAI chat |
+//! | `/v1/embeddings`, `/embeddings` | OpenAI embeddings |
+//! | `/v1/messages` | Anthropic |
+//! | `/openai/deployments/{deployment}/chat/completions?api-version=…` | Azure chat (400 without `api-version`) |
+//! | `/openai/deployments/{deployment}/embeddings?api-version=…` | Azure embeddings |
+//! | `/openai/v1/chat/completions`, `/openai/v1/embeddings` | Azure v1 API (`model` required); **only under a route**: `/openai/v1/…` alone stays OpenAI on route `openai` |
+//! | `/model/{modelId}/converse` | Bedrock Converse |
+//! | `/model/{modelId}/converse-stream` | Bedrock ConverseStream (`application/vnd.amazon.eventstream`) |
+//! | `/model/{modelId}/invoke` | Bedrock embeddings: Cohere if the id contains `cohere.`, else Titan |
+//! | `/v1beta/models/{model}:generateContent` (also `/v1/models/…`) | Gemini |
+//! | `/v1beta/models/{model}:streamGenerateContent?alt=sse` | Gemini stream (400 without `alt=sse`) |
+//! | `/v1beta/models/{model}:embedContent`, `:batchEmbedContents` | Gemini embeddings |
+//! | `/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` (also `v1beta1`) | Vertex (Gemini bodies) |
+//! | `/v2/chat` | Cohere chat (`"stream": true` streams) |
+//! | `/v2/embed` | Cohere embeddings |
+//! | `/voyage/v1/embeddings` | Voyage (the `voyage` segment tells it from OpenAI) |
 //!
-//! Anything else is a 404 with an OpenAI-style error body. A route that was never configured
-//! answers with `MockConfig::default_behavior` and is counted like any other.
+//! Anything else (or another method) is a 404 with an OpenAI-style error body. A route that was
+//! never configured answers with `MockConfig::default_behavior` and is counted like any other.
+//! Bodies over 16 MiB get a 413 in the endpoint's format (Gemini: 400, as Google answers).
+//!
+//! # Auth
+//!
+//! With `MockConfig::require_api_key`: OpenAI, Cohere and Voyage want `Authorization: Bearer k`;
+//! Anthropic `x-api-key`; Azure `api-key` or `Authorization: Bearer`; Gemini (AI Studio)
+//! `x-goog-api-key` or `?key=` (missing: 403 `PERMISSION_DENIED`, wrong: 400 `API key not
+//! valid`); Vertex `Authorization: Bearer` (else 401 `UNAUTHENTICATED`); Bedrock a Bedrock API key
+//! as `Authorization: Bearer` (else 403). With `MockConfig::aws_credentials`, Bedrock verifies
+//! SigV4 instead (providers.md §4.2, double-encoded path segments) and answers 403
+//! `MissingAuthenticationTokenException`, `UnrecognizedClientException` (other access key) or
+//! `InvalidSignatureException` (wrong signature, scope, or `x-amz-date` off by over 5 minutes).
+//!
+//! # Formats
+//!
+//! Stream selection: OpenAI, Azure, Anthropic and Cohere by the body's `"stream": true`;
+//! Bedrock and Gemini by the path. OpenAI and Azure send the usage chunk only with
+//! `stream_options.include_usage`. Every behaviour is rendered in every format:
+//!
+//! - Azure: OpenAI bodies plus `prompt_filter_results` and per-choice `content_filter_results`;
+//!   streams start with a `"choices":[]` chunk carrying only `prompt_filter_results`
+//!   (`"usage":null` with include_usage), §2.3.
+//! - Bedrock: usage `inputTokens = prompt - cached`, `cacheReadInputTokens = cached` (when
+//!   non-zero); header `x-amzn-RequestId`. Streams: `messageStart` [`contentBlockStart` for a
+//!   tool], `contentBlockDelta` per piece, `contentBlockStop`, `messageStop`, `metadata`.
+//! - Gemini: CRLF SSE, no `[DONE]`; each content event carries `usageMetadata` with running
+//!   totals, a final event carries `finishReason: STOP` and the complete usage. A tool call is one
+//!   `functionCall` part (whole `args`, one event) with `thoughtSignature` [`THOUGHT_SIGNATURE`].
+//! - Cohere: `event: <type>` lines whose JSON repeats `type` (`message-start`, `content-*` or
+//!   `tool-plan-delta` + `tool-call-*`, `message-end` with `finish_reason` and usage
+//!   `{billed_units, tokens}`).
+//!
+//! Embeddings (all formats): vector `k` (request order) has value `i` =
+//! [`embedding_value`]`(k, i)`; its length is the request's (`dimensions`, `output_dimension`,
+//! `outputDimensionality`, at most [`MAX_DIMS`]), else `Behavior::embedding_dims` (default 8).
+//! `encoding_format: "base64"` (OpenAI, Azure, Voyage) sends base64 of little-endian `f32`s.
+//! Usage is `Behavior::prompt_tokens` (OpenAI `prompt_tokens`/`total_tokens`, Voyage
+//! `total_tokens`, Titan `inputTextTokenCount`, Cohere `meta.billed_units.input_tokens`, Bedrock
+//! header `x-amzn-bedrock-input-token-count`; Gemini reports none). Faults play as for a
+//! non-stream chat answer.
+//!
+//! # Error presets
+//!
+//! | preset | Azure | Bedrock (`x-amzn-ErrorType`) | Gemini (`status`) | Cohere | Voyage |
+//! |---|---|---|---|---|---|
+//! | `RateLimited` | 429 `code:"429"`, `retry-after` + `retry-after-ms` if given | 429 `ThrottlingException` | 429 `RESOURCE_EXHAUSTED`, `RetryInfo` if given (`Some(27)` = §9.3 fixture) | 429 | 429 |
+//! | `QuotaExhausted` | 429 `insufficient_quota` | 400 `ServiceQuotaExceededException` | 429 `RESOURCE_EXHAUSTED` + `QuotaFailure` | 402 | 403 |
+//! | `Overloaded` | 503 | 503 `ServiceUnavailableException` | 503 `UNAVAILABLE` | 503 | 503 |
+//! | `ServerError` | 500 | 500 `InternalServerException` | 500 `INTERNAL` | 500 | 500 |
+//! | `ContextLength` | 400 `context_length_exceeded` | 400 `ValidationException` "Input is too long for requested model." | 400 `INVALID_ARGUMENT` "…exceeds the maximum number of tokens allowed…" | 400 "too many tokens: …" | 400 |
+//! | `BadRequest` | 400 | 400 `ValidationException` | 400 `INVALID_ARGUMENT` | 400 | 400 |
+//! | `Unauthorized` | 401 `code:"401"` | 403 `AccessDeniedException` | 400 `API key not valid` | 401 | 401 |
+//! | `ContentFiltered` | 400 `content_filter` (§2.3 body) | chat: 200 `guardrail_intervened`; embeddings: 400 | chat: 200 `promptFeedback.blockReason: SAFETY`, no candidates; embeddings: 400 | 400 "blocked input: …" | 400 |
+//!
+//! OpenAI: `ContentFiltered` is 400 `content_policy_violation`; Anthropic: a 200 with
+//! `stop_reason: refusal` and no content. Bodies: Azure `{"error":{"code","message"}}` (model
+//! errors in OpenAI's shape), Bedrock `{"message"}`, Gemini `{"error":{"code","message","status",
+//! "details"?}}`, Cohere `{"id","message"}`, Voyage `{"detail"}`.
+//!
+//! In-band errors (`Fault::InBandErrorBeforeContent`): Azure like OpenAI (after the prompt-filter
+//! chunk); Bedrock `messageStart` then a `serviceUnavailableException` exception frame; Gemini
+//! `data: {"error":{…"UNAVAILABLE"}}`; Cohere `message-start` then `message-end` with
+//! `finish_reason: ERROR` and an `error` text. `Fault::InvalidJsonEvent` sends `{not json` as an
+//! event of the format (Bedrock: in a well-framed `contentBlockDelta`).
 //!
 //! Each behaviour is compiled into its response bytes when it is set or pushed
 //! (`compile.rs`); the request path (`server.rs`) only clones `Bytes` and reads atomics
-//! (`state.rs`).
+//! (`state.rs`). Embeddings bodies depend on the request and are built per request (`embed.rs`).
 
+mod azure;
+mod bedrock;
 mod behavior;
+mod cohere;
 mod compile;
+mod embed;
+pub mod eventstream;
+mod gemini;
+mod path;
 mod record;
 mod server;
+mod sigv4;
 mod state;
+mod validate;
 mod wire;
 
 use std::io;
@@ -37,6 +130,8 @@ use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 
 pub use behavior::{Behavior, ErrorPreset, Fault, Reply, DEFAULT_REPLY_TEXT, MOCK_TOOL_CALL_ID};
+pub use embed::{embedding_value, MAX_DIMS, MAX_INPUTS};
+pub use gemini::THOUGHT_SIGNATURE;
 pub use record::RecordedRequest;
 pub use server::BODY_LIMIT;
 
@@ -59,9 +154,15 @@ pub struct MockConfig {
     pub workers: usize,
     /// Keep every request for [`MockUpstream::requests`]; default true.
     pub record: bool,
-    /// If set, OpenAI routes need `Authorization: Bearer <key>` and Anthropic routes
-    /// `x-api-key: <key>`; otherwise they answer 401 in their format.
+    /// If set, every format checks this key where its provider carries it (see "Auth" in the
+    /// module docs) and answers its own 401/403 otherwise.
     pub require_api_key: Option<String>,
+    /// `(access key id, secret access key)`: if set, Bedrock routes verify the SigV4
+    /// `Authorization` header (service `bedrock`, any region, `x-amz-date` within 5 minutes) and
+    /// answer 403 `UnrecognizedClientException` / `InvalidSignatureException` /
+    /// `MissingAuthenticationTokenException` otherwise. Takes precedence over
+    /// `require_api_key` on Bedrock routes.
+    pub aws_credentials: Option<(String, String)>,
     /// Behaviour of every route that has none set.
     pub default_behavior: Behavior,
 }
@@ -73,6 +174,7 @@ impl Default for MockConfig {
             workers: 1,
             record: true,
             require_api_key: None,
+            aws_credentials: None,
             default_behavior: Behavior::default(),
         }
     }
@@ -99,6 +201,7 @@ impl MockUpstream {
         let shared = Arc::new(Shared::new(
             config.record,
             config.require_api_key.clone(),
+            config.aws_credentials.clone(),
             default,
         ));
         let data = web::Data::from(shared.clone());

@@ -1,36 +1,46 @@
 //! The request handler: routing, body limit, auth, validation, then the behaviour's answer.
 //!
-//! Per request, in order: resolve the route from the path (else 404), count the request,
-//! read the body (16 MiB limit, else 413), record it (if recording), check the API key (401),
-//! validate the body (400), pick the behaviour (queue first, else the route's), wait `latency`,
-//! then answer: the `fail_rate` roll, the fault, or the precompiled success.
+//! Per request, in order: resolve the endpoint and route from the path (else 404), count the
+//! request, read the body (16 MiB limit, else 413), record it (if recording), check the
+//! credentials (`require_api_key`, `aws_credentials`), validate the request (400), pick the
+//! behaviour (queue first, else the route's), wait `latency`, then answer: the `fail_rate` roll,
+//! the fault, or the precompiled success (embeddings: the body built for this request).
 
 use std::future::{pending, ready};
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::http::{Method, StatusCode};
 use actix_web::rt::time::sleep;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 
+use super::bedrock::{self, AuthError};
 use super::compile::{json_headers, Compiled, FaultPlan, Format, HeaderList, Prepared};
+use super::embed::{self, EmbedWants};
+use super::path::{parse_path, Endpoint};
 use super::record::RecordedRequest;
+use super::sigv4::{self, SigError, SignedRequest};
 use super::state::{InflightGuard, Shared};
+use super::validate::{query_param, validate, Valid, Wants};
 use super::wire::{self, anthropic as an, openai as oa};
+use super::{azure, cohere, gemini};
 
-/// Request body limit; larger bodies get a 413 in the route's format.
+/// Request body limit; larger bodies get a 413 in the route's format (Gemini: a 400, as Google
+/// answers).
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Pause between the last bytes of an aborted body and the abort, so that actix flushes them
 /// to the socket first (it drops unflushed output when a body stream fails).
 const ABORT_FLUSH_DELAY: Duration = Duration::from_millis(10);
+
+/// `Fault::WrongContentType`: what a captive portal or misconfigured proxy sends.
+const HTML_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>\
+<h1>Network access portal</h1><p>Please sign in to continue.</p></body></html>\n";
 
 static EMPTY: Bytes = Bytes::new();
 
@@ -41,12 +51,13 @@ pub(crate) async fn handle(
 ) -> HttpResponse {
     let received_at = Instant::now();
     let shared = shared.into_inner();
-    let Some((format, route_name)) = parse_path(req.path()) else {
+    let Some((endpoint, route_name)) = parse_path(req.path()) else {
         return not_found(&req);
     };
     if req.method() != Method::POST {
         return not_found(&req);
     }
+    let format = endpoint.format();
     let route = shared.route(route_name);
     route.count_request();
     let guard = InflightGuard::new(shared.clone());
@@ -81,13 +92,11 @@ pub(crate) async fn handle(
             received_at,
         });
     }
-    if let Some(key) = shared.api_key.as_deref() {
-        if let Some(denied) = check_auth(format, &req, key) {
-            return denied;
-        }
+    if let Some(denied) = check_auth(&endpoint, &req, &body, &shared) {
+        return denied;
     }
-    let wants = match validate(format, &req, &body) {
-        Ok(wants) => wants,
+    let valid = match validate(&endpoint, &req, &body) {
+        Ok(valid) => valid,
         Err(r) => return invalid_request(format, &r.message, r.param_code),
     };
 
@@ -95,27 +104,9 @@ pub(crate) async fn handle(
     if !compiled.latency.is_zero() {
         sleep(compiled.latency).await;
     }
-    answer(compiled, format, wants, guard).await
-}
-
-// === routing ===
-
-/// `(format, route)` for the paths the mock serves (see the module docs of `mock`).
-pub(crate) fn parse_path(path: &str) -> Option<(Format, &str)> {
-    let path = path.strip_prefix('/')?;
-    match path {
-        "v1/chat/completions" | "chat/completions" => return Some((Format::OpenAi, "")),
-        "v1/messages" => return Some((Format::Anthropic, "")),
-        _ => {}
-    }
-    let (route, rest) = path.split_once('/')?;
-    if route.is_empty() {
-        return None;
-    }
-    match rest {
-        "v1/chat/completions" | "chat/completions" => Some((Format::OpenAi, route)),
-        "v1/messages" => Some((Format::Anthropic, route)),
-        _ => None,
+    match valid {
+        Valid::Chat(wants) => answer(compiled, format, wants, guard).await,
+        Valid::Embed(wants) => answer_embeddings(compiled, format, &wants, guard).await,
     }
 }
 
@@ -134,7 +125,7 @@ fn prepared(p: &Prepared) -> HttpResponse {
 }
 
 fn error_response(format: Format, status: StatusCode, body: Vec<u8>) -> HttpResponse {
-    builder(status, &json_headers(format, wire::REQUEST_ID)).body(body)
+    builder(status, &json_headers(format)).body(body)
 }
 
 fn not_found(req: &HttpRequest) -> HttpResponse {
@@ -152,38 +143,79 @@ fn not_found(req: &HttpRequest) -> HttpResponse {
 }
 
 fn too_large(format: Format) -> HttpResponse {
-    let body = match format {
-        Format::OpenAi => oa::error_body(
-            "Request body too large: the limit is 16777216 bytes.",
-            "invalid_request_error",
-            None,
-            Some("request_too_large"),
+    const MESSAGE: &str = "Request body too large: the limit is 16777216 bytes.";
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    match format {
+        Format::OpenAi | Format::Azure => error_response(
+            format,
+            status,
+            oa::error_body(
+                MESSAGE,
+                "invalid_request_error",
+                None,
+                Some("request_too_large"),
+            ),
         ),
-        Format::Anthropic => an::error_body(
-            "request_too_large",
-            "Request exceeds the maximum allowed number of bytes.",
-            wire::REQUEST_ID,
+        Format::Anthropic => error_response(
+            format,
+            status,
+            an::error_body(
+                "request_too_large",
+                "Request exceeds the maximum allowed number of bytes.",
+                wire::REQUEST_ID,
+            ),
         ),
-    };
-    error_response(format, StatusCode::PAYLOAD_TOO_LARGE, body)
+        Format::Bedrock => prepared(&bedrock::error_parts(
+            status,
+            "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            MESSAGE,
+        )),
+        Format::Gemini => prepared(&gemini::invalid_argument(
+            "Request payload size exceeds the limit: 16777216 bytes.",
+        )),
+        Format::Cohere => prepared(&cohere::error_prepared(status, MESSAGE)),
+        Format::Voyage => prepared(&embed::voyage_prepared(status, MESSAGE)),
+    }
 }
 
-/// 400 `invalid_request_error`; `param` and `code` are used by the OpenAI format only.
+/// 400 in the format's shape; `param` and `code` are used by OpenAI and Azure only.
 fn invalid_request(
     format: Format,
     message: &str,
     param_code: Option<(&str, &str)>,
 ) -> HttpResponse {
-    let body = match format {
-        Format::OpenAi => oa::error_body(
-            message,
-            "invalid_request_error",
-            param_code.map(|(p, _)| p),
-            param_code.map(|(_, c)| c),
+    let status = StatusCode::BAD_REQUEST;
+    match format {
+        Format::OpenAi | Format::Azure => error_response(
+            format,
+            status,
+            oa::error_body(
+                message,
+                "invalid_request_error",
+                param_code.map(|(p, _)| p),
+                param_code.map(|(_, c)| c),
+            ),
         ),
-        Format::Anthropic => an::error_body("invalid_request_error", message, wire::REQUEST_ID),
-    };
-    error_response(format, StatusCode::BAD_REQUEST, body)
+        Format::Anthropic => error_response(
+            format,
+            status,
+            an::error_body("invalid_request_error", message, wire::REQUEST_ID),
+        ),
+        Format::Bedrock => prepared(&bedrock::error_parts(
+            status,
+            "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            message,
+        )),
+        Format::Gemini => prepared(&gemini::invalid_argument(message)),
+        Format::Cohere => prepared(&cohere::error_prepared(status, message)),
+        Format::Voyage => prepared(&embed::voyage_prepared(status, message)),
+    }
+}
+
+fn wrong_content_type() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
+        .body(HTML_PAGE)
 }
 
 // === body ===
@@ -231,10 +263,26 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Bytes
 
 // === auth ===
 
-fn check_auth(format: Format, req: &HttpRequest, key: &str) -> Option<HttpResponse> {
+/// `None` if the request may pass. Bedrock checks SigV4 when `aws_credentials` is set (else a
+/// Bedrock API key as `Authorization: Bearer`); the others check `require_api_key`.
+fn check_auth(
+    endpoint: &Endpoint<'_>,
+    req: &HttpRequest,
+    body: &[u8],
+    shared: &Shared,
+) -> Option<HttpResponse> {
+    let format = endpoint.format();
+    if format == Format::Bedrock {
+        if let Some((akid, secret)) = &shared.aws_credentials {
+            return check_sigv4(req, body, akid, secret);
+        }
+    }
+    let key = shared.api_key.as_deref()?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").map(|v| v.strip_prefix("Bearer ") == Some(key));
     let body = match format {
-        Format::OpenAi => match header("authorization") {
+        Format::OpenAi => match bearer {
+            Some(true) => return None,
             None => oa::error_body(
                 "You didn't provide an API key. You need to provide your API key in an \
                  Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
@@ -242,8 +290,7 @@ fn check_auth(format: Format, req: &HttpRequest, key: &str) -> Option<HttpRespon
                 None,
                 None,
             ),
-            Some(v) if v.strip_prefix("Bearer ") == Some(key) => return None,
-            Some(_) => oa::error_body(
+            Some(false) => oa::error_body(
                 "Incorrect API key provided. You can find your API key at \
                  https://platform.openai.com/account/api-keys.",
                 "invalid_request_error",
@@ -264,229 +311,87 @@ fn check_auth(format: Format, req: &HttpRequest, key: &str) -> Option<HttpRespon
                 wire::REQUEST_ID,
             ),
         },
+        Format::Azure => {
+            if header("api-key") == Some(key) || bearer == Some(true) {
+                return None;
+            }
+            azure::unauthorized_body()
+        }
+        Format::Bedrock => {
+            return match bearer {
+                Some(true) => None,
+                None => Some(prepared(&bedrock::auth_error(
+                    AuthError::Missing,
+                    "Missing Authentication Token",
+                ))),
+                Some(false) => Some(prepared(&bedrock::auth_error(
+                    AuthError::UnknownKey,
+                    "The security token included in the request is invalid.",
+                ))),
+            };
+        }
+        Format::Gemini => {
+            let vertex = matches!(endpoint, Endpoint::GeminiGenerate { vertex: true, .. });
+            if vertex {
+                return (bearer != Some(true)).then(|| prepared(&gemini::unauthenticated()));
+            }
+            let given = header("x-goog-api-key").or_else(|| query_param(req.query_string(), "key"));
+            return match given {
+                Some(v) if v == key => None,
+                Some(_) => Some(prepared(&gemini::invalid_key())),
+                None => Some(prepared(&gemini::missing_key())),
+            };
+        }
+        Format::Cohere => match bearer {
+            Some(true) => return None,
+            None => cohere::error_body("no api key supplied"),
+            Some(false) => cohere::error_body("invalid api token"),
+        },
+        Format::Voyage => match bearer {
+            Some(true) => return None,
+            None => embed::voyage_body(
+                "No API key provided. Please set your API key in the Authorization header.",
+            ),
+            Some(false) => embed::voyage_body("Provided API key is invalid."),
+        },
     };
     Some(error_response(format, StatusCode::UNAUTHORIZED, body))
 }
 
-// === validation ===
-
-/// What the request asked for, as far as the answer depends on it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Wants {
-    pub stream: bool,
-    /// OpenAI `stream_options.include_usage` (always false for Anthropic).
-    pub include_usage: bool,
-}
-
-/// The JSON type of a field, found without allocating (arrays and objects are skipped).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Kind {
-    #[default]
-    Missing,
-    Null,
-    Bool,
-    Integer,
-    Float,
-    String,
-    EmptyArray,
-    Array,
-    Object,
-}
-
-impl Kind {
-    fn openai_name(self) -> &'static str {
-        match self {
-            Kind::Missing | Kind::Null => "null",
-            Kind::Bool => "a boolean",
-            Kind::Integer => "an integer",
-            Kind::Float => "a decimal",
-            Kind::String => "a string",
-            Kind::EmptyArray | Kind::Array => "an array",
-            Kind::Object => "an object",
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Kind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KindVisitor;
-        impl<'de> Visitor<'de> for KindVisitor {
-            type Value = Kind;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind, E> {
-                Ok(Kind::Bool)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind, E> {
-                Ok(Kind::Integer)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Kind, E> {
-                Ok(Kind::Integer)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind, E> {
-                Ok(Kind::Float)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Kind, E> {
-                Ok(Kind::String)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
-                Ok(Kind::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Kind, E> {
-                Ok(Kind::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-                let mut kind = Kind::EmptyArray;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    kind = Kind::Array;
-                }
-                Ok(kind)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Kind::Object)
-            }
-        }
-        d.deserialize_any(KindVisitor)
-    }
-}
-
-/// The few request fields the mock looks at; serde skips the rest.
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(default)]
-    model: Kind,
-    #[serde(default)]
-    messages: Kind,
-    #[serde(default)]
-    max_tokens: Kind,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-/// Why a request is rejected with a 400 (rendered in the route's format by `invalid_request`).
-struct Rejection {
-    message: String,
-    /// OpenAI `param` and `code`.
-    param_code: Option<(&'static str, &'static str)>,
-}
-
-fn reject(
-    message: impl Into<String>,
-    param_code: Option<(&'static str, &'static str)>,
-) -> Rejection {
-    Rejection {
-        message: message.into(),
-        param_code,
-    }
-}
-
-fn validate(format: Format, req: &HttpRequest, body: &[u8]) -> Result<Wants, Rejection> {
-    if format == Format::Anthropic && !req.headers().contains_key("anthropic-version") {
-        return Err(reject("anthropic-version: header is required", None));
-    }
-    let is_object = body
+/// Verifies SigV4 (providers.md §4.2) against `aws_credentials`; 403 in Bedrock's shape if not.
+fn check_sigv4(req: &HttpRequest, body: &[u8], akid: &str, secret: &str) -> Option<HttpResponse> {
+    let headers: Vec<(&str, &str)> = req
+        .headers()
         .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'{');
-    let parsed = if is_object {
-        serde_json::from_slice::<Probe>(body).map_err(|e| e.to_string())
-    } else {
-        Err("expected a JSON object".to_owned())
+        .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+        .collect();
+    let signed = SignedRequest {
+        method: req.method().as_str(),
+        raw_path: req.path(),
+        query: req.query_string(),
+        headers: &headers,
+        body,
     };
-    let probe = match parsed {
-        Ok(probe) => probe,
-        Err(detail) => {
-            let message = match format {
-                Format::OpenAi => format!(
-                    "We could not parse the JSON body of your request. (HINT: This likely means \
-                     you aren't using your HTTP library correctly. The OpenAI API expects a JSON \
-                     payload, but what was sent was not valid JSON.) Detail: {detail}"
-                ),
-                Format::Anthropic => format!("There was an error parsing the body: {detail}"),
-            };
-            return Err(reject(message, None));
-        }
+    let (kind, message) = match sigv4::verify(&signed, akid, secret, SystemTime::now()) {
+        Ok(()) => return None,
+        Err(SigError::Missing) => (
+            AuthError::Missing,
+            "Missing Authentication Token".to_owned(),
+        ),
+        Err(SigError::UnknownKey) => (
+            AuthError::UnknownKey,
+            "The security token included in the request is invalid.".to_owned(),
+        ),
+        Err(SigError::Invalid(message)) => (AuthError::BadSignature, message),
     };
-    match format {
-        Format::OpenAi => validate_openai(&probe)?,
-        Format::Anthropic => validate_anthropic(&probe)?,
-    }
-    let stream = probe.stream.unwrap_or(false);
-    let include_usage = format == Format::OpenAi
-        && probe
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-    Ok(Wants {
-        stream,
-        include_usage,
-    })
-}
-
-fn validate_openai(p: &Probe) -> Result<(), Rejection> {
-    let missing = |field: &'static str| {
-        reject(
-            format!("Missing required parameter: '{field}'."),
-            Some((field, "missing_required_parameter")),
-        )
-    };
-    let wrong_type = |field: &'static str, expected: &str, got: Kind| {
-        reject(
-            format!(
-                "Invalid type for '{field}': expected {expected}, but got {} instead.",
-                got.openai_name()
-            ),
-            Some((field, "invalid_type")),
-        )
-    };
-    match p.model {
-        Kind::Missing | Kind::Null => return Err(missing("model")),
-        Kind::String => {}
-        other => return Err(wrong_type("model", "a string", other)),
-    }
-    match p.messages {
-        Kind::Missing | Kind::Null => Err(missing("messages")),
-        Kind::Array => Ok(()),
-        Kind::EmptyArray => Err(reject(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got \
-             an empty array instead.",
-            Some(("messages", "empty_array")),
-        )),
-        other => Err(wrong_type("messages", "an array of objects", other)),
-    }
-}
-
-fn validate_anthropic(p: &Probe) -> Result<(), Rejection> {
-    let fail = |message: &str| Err(reject(message, None));
-    match p.model {
-        Kind::Missing => return fail("model: Field required"),
-        Kind::String => {}
-        _ => return fail("model: Input should be a valid string"),
-    }
-    match p.messages {
-        Kind::Missing => return fail("messages: Field required"),
-        Kind::Array => {}
-        Kind::EmptyArray => return fail("messages: at least one message is required"),
-        _ => return fail("messages: Input should be a valid list"),
-    }
-    match p.max_tokens {
-        Kind::Missing => fail("max_tokens: Field required"),
-        Kind::Integer => Ok(()),
-        _ => fail("max_tokens: Input should be a valid integer"),
-    }
+    Some(prepared(&bedrock::auth_error(kind, &message)))
 }
 
 // === answering ===
+
+fn fail_roll(c: &Compiled) -> bool {
+    c.fail_rate > 0.0 && fastrand::f64() < c.fail_rate
+}
 
 async fn answer(
     c: Arc<Compiled>,
@@ -495,7 +400,7 @@ async fn answer(
     guard: InflightGuard,
 ) -> HttpResponse {
     let set = c.format(format);
-    if c.fail_rate > 0.0 && fastrand::f64() < c.fail_rate {
+    if fail_roll(&c) {
         return prepared(&set.server_error);
     }
     let usage = wants.include_usage;
@@ -505,7 +410,8 @@ async fn answer(
         invalid_at,
         ending,
     };
-    match c.fault {
+    let script = |usage| Source::Script { format, usage };
+    match set.fault {
         FaultPlan::None if !wants.stream => prepared(&set.json),
         FaultPlan::None if !c.paced() => {
             // Fast path: the whole stream is one precomputed buffer.
@@ -519,38 +425,40 @@ async fn answer(
         }
         FaultPlan::None => {
             let p = plan(usize::MAX, None, Ending::Tail);
-            sse(c, format, Source::Script { usage }, p, guard)
+            sse(c, format, script(usage), p, guard)
         }
         FaultPlan::Error => prepared(set.fault_error.as_ref().unwrap_or(&set.server_error)),
         FaultPlan::ResetMidBody(k) if wants.stream => {
             let p = plan(k, None, Ending::Abort);
-            sse(c, format, Source::Script { usage }, p, guard)
+            sse(c, format, script(usage), p, guard)
         }
         FaultPlan::ResetMidBody(_) => {
             let (prefix, full_len) = (half(), set.json.body.len());
-            sized_prefix(c, format, prefix, full_len, Ending::Abort, guard)
+            let b = builder(StatusCode::OK, &set.json.headers);
+            sized_prefix(b, c, prefix, full_len, Ending::Abort, guard)
         }
         FaultPlan::CutStream(k) if wants.stream => {
             let p = plan(k, None, Ending::Clean);
-            sse(c, format, Source::Script { usage }, p, guard)
+            sse(c, format, script(usage), p, guard)
         }
         FaultPlan::CutStream(_) => builder(StatusCode::OK, &set.json.headers).body(half()),
         FaultPlan::InBand if wants.stream => {
             let p = plan(usize::MAX, None, Ending::Clean);
-            sse(c, format, Source::InBand, p, guard)
+            sse(c, format, Source::InBand { format }, p, guard)
         }
         FaultPlan::InBand => prepared(set.fault_error.as_ref().unwrap_or(&set.server_error)),
         FaultPlan::StallAfter(k) if wants.stream => {
             let p = plan(k, None, Ending::Stall);
-            sse(c, format, Source::Script { usage }, p, guard)
+            sse(c, format, script(usage), p, guard)
         }
         FaultPlan::StallAfter(_) => {
             let (prefix, full_len) = (half(), set.json.body.len());
-            sized_prefix(c, format, prefix, full_len, Ending::Stall, guard)
+            let b = builder(StatusCode::OK, &set.json.headers);
+            sized_prefix(b, c, prefix, full_len, Ending::Stall, guard)
         }
         FaultPlan::InvalidJson(k) if wants.stream => {
             let p = plan(usize::MAX, Some(k), Ending::Tail);
-            sse(c, format, Source::Script { usage }, p, guard)
+            sse(c, format, script(usage), p, guard)
         }
         FaultPlan::InvalidJson(_) => {
             builder(StatusCode::OK, &set.json.headers).body(Bytes::from_static(b"{not json"))
@@ -560,6 +468,49 @@ async fn answer(
             drop(guard);
             pending().await
         }
+        FaultPlan::WrongContentType => wrong_content_type(),
+    }
+}
+
+/// Embeddings: faults play as for a non-stream chat answer, on the body built for the request.
+async fn answer_embeddings(
+    c: Arc<Compiled>,
+    format: Format,
+    wants: &EmbedWants<'_>,
+    guard: InflightGuard,
+) -> HttpResponse {
+    let set = c.embed_set(format);
+    if fail_roll(&c) {
+        return prepared(&set.server_error);
+    }
+    let body = || embed::render(wants, &c.embed);
+    match set.fault {
+        FaultPlan::None => builder(StatusCode::OK, &set.headers).body(body()),
+        FaultPlan::Error | FaultPlan::InBand => {
+            prepared(set.fault_error.as_ref().unwrap_or(&set.server_error))
+        }
+        FaultPlan::ResetMidBody(_) | FaultPlan::StallAfter(_) => {
+            let full = body();
+            let ending = match set.fault {
+                FaultPlan::StallAfter(_) => Ending::Stall,
+                _ => Ending::Abort,
+            };
+            let b = builder(StatusCode::OK, &set.headers);
+            let prefix = full.slice(..full.len() / 2);
+            sized_prefix(b, c.clone(), prefix, full.len(), ending, guard)
+        }
+        FaultPlan::CutStream(_) => {
+            let full = body();
+            builder(StatusCode::OK, &set.headers).body(full.slice(..full.len() / 2))
+        }
+        FaultPlan::InvalidJson(_) => {
+            builder(StatusCode::OK, &set.headers).body(Bytes::from_static(b"{not json"))
+        }
+        FaultPlan::Hang => {
+            drop(guard);
+            pending().await
+        }
+        FaultPlan::WrongContentType => wrong_content_type(),
     }
 }
 
@@ -572,26 +523,25 @@ fn sse(
     guard: InflightGuard,
 ) -> HttpResponse {
     let mut b = builder(StatusCode::OK, &c.format(format).sse_headers);
-    b.streaming(paced(c, format, source, plan, guard))
+    b.streaming(paced(c, source, plan, guard))
 }
 
-/// A 200 non-stream body that declares `full_len` bytes but sends only `prefix`, then aborts or
-/// stalls.
+/// A 200 non-stream body (headers in `b`) that declares `full_len` bytes but sends only
+/// `prefix`, then aborts or stalls.
 fn sized_prefix(
+    mut b: HttpResponseBuilder,
     c: Arc<Compiled>,
-    format: Format,
     prefix: Bytes,
     full_len: usize,
     ending: Ending,
     guard: InflightGuard,
 ) -> HttpResponse {
-    let mut b = builder(StatusCode::OK, &c.format(format).json.headers);
     let plan = Plan {
         upto: 0,
         invalid_at: None,
         ending,
     };
-    let body = paced(c, format, Source::Prefix(prefix), plan, guard);
+    let body = paced(c, Source::Prefix(prefix), plan, guard);
     b.body(SizedStream::new(full_len as u64, body))
 }
 
@@ -600,9 +550,12 @@ fn sized_prefix(
 /// Which precompiled events a stream plays.
 enum Source {
     Script {
+        format: Format,
         usage: bool,
     },
-    InBand,
+    InBand {
+        format: Format,
+    },
     /// Just these bytes as the head (non-stream faults).
     Prefix(Bytes),
 }
@@ -636,7 +589,6 @@ enum Phase {
 
 struct Player {
     compiled: Arc<Compiled>,
-    format: Format,
     source: Source,
     plan: Plan,
     phase: Phase,
@@ -646,13 +598,22 @@ struct Player {
 impl Player {
     /// (head, content, tail)
     fn parts(&self) -> (&Bytes, &[Bytes], &Bytes) {
-        let set = self.compiled.format(self.format);
         let script = match &self.source {
-            Source::Script { usage } => set.script(*usage),
-            Source::InBand => &set.inband,
+            Source::Script { format, usage } => self.compiled.format(*format).script(*usage),
+            Source::InBand { format } => &self.compiled.format(*format).inband,
             Source::Prefix(prefix) => return (prefix, &[], &EMPTY),
         };
         (&script.head, &script.content, &script.tail)
+    }
+
+    /// The broken event of `Fault::InvalidJsonEvent` (only scripts insert one).
+    fn invalid_event(&self) -> Bytes {
+        match &self.source {
+            Source::Script { format, .. } | Source::InBand { format } => {
+                self.compiled.format(*format).invalid_event.clone()
+            }
+            Source::Prefix(_) => Bytes::new(),
+        }
     }
 
     async fn next_item(&mut self) -> Option<io::Result<Bytes>> {
@@ -669,8 +630,7 @@ impl Player {
                 Phase::Content(i) => {
                     if self.plan.invalid_at == Some(i) {
                         self.plan.invalid_at = None;
-                        let invalid = self.compiled.format(self.format).invalid_event.clone();
-                        return Some(Ok(invalid));
+                        return Some(Ok(self.invalid_event()));
                     }
                     let content = self.parts().1;
                     if i < self.plan.upto.min(content.len()) {
@@ -691,8 +651,7 @@ impl Player {
                     }
                     if self.plan.invalid_at.take().is_some() {
                         // after_chunks beyond the content: insert before the ending.
-                        let invalid = self.compiled.format(self.format).invalid_event.clone();
-                        return Some(Ok(invalid));
+                        return Some(Ok(self.invalid_event()));
                     }
                     self.phase = Phase::Done;
                     return match self.plan.ending {
@@ -723,14 +682,12 @@ impl Player {
 
 fn paced(
     compiled: Arc<Compiled>,
-    format: Format,
     source: Source,
     plan: Plan,
     guard: InflightGuard,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + 'static {
     let player = Player {
         compiled,
-        format,
         source,
         plan,
         phase: Phase::Head,
@@ -740,34 +697,4 @@ fn paced(
         let item = player.next_item().await?;
         Some((item, player))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_paths() {
-        assert_eq!(
-            parse_path("/v1/chat/completions"),
-            Some((Format::OpenAi, ""))
-        );
-        assert_eq!(parse_path("/chat/completions"), Some((Format::OpenAi, "")));
-        assert_eq!(parse_path("/v1/messages"), Some((Format::Anthropic, "")));
-        assert_eq!(
-            parse_path("/a/v1/chat/completions"),
-            Some((Format::OpenAi, "a"))
-        );
-        assert_eq!(
-            parse_path("/a/chat/completions"),
-            Some((Format::OpenAi, "a"))
-        );
-        assert_eq!(parse_path("/a/v1/messages"), Some((Format::Anthropic, "a")));
-        assert_eq!(parse_path("/a/messages"), None);
-        assert_eq!(parse_path("//v1/messages"), None);
-        assert_eq!(parse_path("/a/b/v1/messages"), None);
-        assert_eq!(parse_path("/v1/chat/completions/"), None);
-        assert_eq!(parse_path(""), None);
-        assert_eq!(parse_path("/"), None);
-    }
 }

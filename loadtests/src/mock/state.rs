@@ -21,6 +21,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     pub record: bool,
     pub api_key: Option<Box<str>>,
+    /// `(access key id, secret)`: Bedrock routes verify SigV4 with them.
+    pub aws_credentials: Option<(Box<str>, Box<str>)>,
     /// Behaviour of routes that have none set (`MockConfig::default_behavior`).
     default: Arc<Compiled>,
     /// Route "" (kept out of the map so the common case skips the lookup).
@@ -34,10 +36,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(record: bool, api_key: Option<String>, default: Arc<Compiled>) -> Self {
+    pub fn new(
+        record: bool,
+        api_key: Option<String>,
+        aws_credentials: Option<(String, String)>,
+        default: Arc<Compiled>,
+    ) -> Self {
         Shared {
             record,
             api_key: api_key.map(String::into_boxed_str),
+            aws_credentials: aws_credentials.map(|(k, s)| (k.into(), s.into())),
             default_route: Arc::new(RouteState::new("", default.clone())),
             default,
             routes: ArcSwap::from_pointee(HashMap::new()),

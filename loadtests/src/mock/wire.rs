@@ -10,6 +10,8 @@ use serde::Serialize;
 pub(crate) const OPENAI_COMPLETION_ID: &str = "chatcmpl-mock0001";
 pub(crate) const ANTHROPIC_MESSAGE_ID: &str = "msg_mock0001";
 pub(crate) const REQUEST_ID: &str = "req_mock0001";
+/// `x-amzn-RequestId` of every Bedrock answer (the §9.4 fixture's value).
+pub(crate) const AWS_REQUEST_ID: &str = "3f0d6a52-6a7e-4b7d-9a51-0c1d2e3f4a5b";
 /// request_id of the §9.2 Anthropic HTTP error fixture (used by `ErrorPreset::Overloaded`).
 pub(crate) const FIXTURE_REQUEST_ID: &str = "req_GwVec0001";
 
@@ -38,7 +40,7 @@ pub(crate) fn sse_event(name: &str, json: &[u8]) -> Vec<u8> {
     out
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy, Debug)]
 pub(crate) struct EmptyObject {}
 
 // === OpenAI ===
@@ -56,6 +58,9 @@ pub(crate) mod openai {
         pub usage: FullUsage,
         pub service_tier: &'static str,
         pub system_fingerprint: &'static str,
+        /// Azure only (§2.3).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub prompt_filter_results: Option<[PromptFilter; 1]>,
     }
 
     #[derive(Serialize)]
@@ -64,6 +69,9 @@ pub(crate) mod openai {
         pub message: Message<'a>,
         pub logprobs: (),
         pub finish_reason: &'static str,
+        /// Azure only (§2.3).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub content_filter_results: Option<FilterResults>,
     }
 
     #[derive(Serialize)]
@@ -151,6 +159,71 @@ pub(crate) mod openai {
         pub delta: Delta<'a>,
         pub logprobs: (),
         pub finish_reason: Option<&'static str>,
+        /// Azure only (§2.3).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub content_filter_results: Option<FilterResults>,
+    }
+
+    // --- Azure's content-filter annotations (§2.3) ---
+
+    #[derive(Serialize, Clone, Copy, Debug)]
+    pub(crate) struct Severity {
+        pub filtered: bool,
+        pub severity: &'static str,
+    }
+
+    #[derive(Serialize, Clone, Copy, Debug)]
+    pub(crate) struct Categories {
+        pub hate: Severity,
+        pub self_harm: Severity,
+        pub sexual: Severity,
+        pub violence: Severity,
+    }
+
+    /// `{}` (role and finish chunks) or every category "safe".
+    #[derive(Serialize, Clone, Copy, Debug)]
+    #[serde(untagged)]
+    pub(crate) enum FilterResults {
+        Empty(EmptyObject),
+        Safe(Categories),
+    }
+
+    const SAFE: Severity = Severity {
+        filtered: false,
+        severity: "safe",
+    };
+
+    pub(crate) const ALL_SAFE: FilterResults = FilterResults::Safe(Categories {
+        hate: SAFE,
+        self_harm: SAFE,
+        sexual: SAFE,
+        violence: SAFE,
+    });
+
+    #[derive(Serialize, Debug)]
+    pub(crate) struct PromptFilter {
+        pub prompt_index: u32,
+        pub content_filter_results: FilterResults,
+    }
+
+    pub(crate) const PROMPT_FILTER: PromptFilter = PromptFilter {
+        prompt_index: 0,
+        content_filter_results: ALL_SAFE,
+    };
+
+    /// Azure's first stream chunk: no choices, only the prompt's filter results, and empty
+    /// `id`, `model` and `object`.
+    #[derive(Serialize)]
+    pub(crate) struct PromptFilterChunk {
+        pub choices: [EmptyObject; 0],
+        pub created: u64,
+        pub id: &'static str,
+        pub model: &'static str,
+        pub object: &'static str,
+        pub prompt_filter_results: [PromptFilter; 1],
+        /// None: key absent; Some(()): `"usage":null`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub usage: Option<()>,
     }
 
     #[derive(Serialize, Default)]
