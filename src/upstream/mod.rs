@@ -372,6 +372,8 @@ pub struct OpenStream {
     /// When the first meaningful event (or the finish) arrived.
     pub first_token_at: Instant,
     pub headroom: Option<Headroom>,
+    /// The upstream body has been read to its end.
+    body_ended: bool,
 }
 
 /// Opens a stream and reads it up to the first meaningful event (or the finish), before
@@ -439,6 +441,7 @@ pub async fn open_stream(
                 prelude: prelude.freeze(),
                 first_token_at: Instant::now(),
                 headroom,
+                body_ended: false,
             });
         }
     }
@@ -489,7 +492,9 @@ pub async fn pump(
     };
     // The client's stream ends here, whatever happens below.
     drop(tx);
-    if matches!(end, StreamEnd::Complete) {
+    // A stream that ended with its body (Gemini has no terminator) has nothing left to read:
+    // awc panics on a read after the end.
+    if matches!(end, StreamEnd::Complete) && !stream.body_ended {
         drain(&mut stream.resp, deadline).await;
     }
     let mut usage = stream.translator.usage();
@@ -558,6 +563,7 @@ async fn pump_inner(
             }
             Err(_) => return Err(timed_out("stream (idle)")),
             Ok(None) => {
+                s.body_ended = true;
                 s.translator.on_eof(&mut out)?;
                 if !out.is_empty() && tx.send(out.split().freeze()).await.is_err() {
                     return Ok(StreamEnd::Cancelled);
