@@ -449,6 +449,8 @@ pub struct Relay {
     saw_tool_calls: bool,
     usage: Usage,
     invalid_events: u32,
+    /// A usage chunk split off a content chunk, sent after the finish chunk.
+    pending_usage: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize)]
@@ -509,6 +511,7 @@ impl Relay {
             finished: false,
             done: false,
             saw_tool_calls: false,
+            pending_usage: None,
             usage: Usage::default(),
             invalid_events: 0,
         }
@@ -602,14 +605,37 @@ impl Relay {
             _ if !self.include_usage => return Ok(progress),
             _ => {}
         }
-        if fold || fix_finish {
-            if let Some(fixed) = fix_chunk(data, fold, fix_finish) {
-                oai::write_data_event(out, &fixed);
-                return Ok(progress);
+        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
+        // Mistral cannot be asked for `stream_options` and puts usage on its last content chunk;
+        // any upstream that does the same gets the OpenAI contract back: `usage: null` on the
+        // chunk (or no usage key when the client did not ask) and a separate usage chunk.
+        let split = has_choices && (has_usage || self.preset == Preset::Mistral);
+        if fold || fix_finish || split {
+            if let Some(mut fixed) = fix_chunk(data, fold, fix_finish) {
+                if split {
+                    if let Some(usage_chunk) = split_usage(&mut fixed, self.include_usage) {
+                        self.pending_usage = Some(usage_chunk);
+                    }
+                }
+                if let Ok(bytes) = serde_json::to_vec(&fixed) {
+                    oai::write_data_event(out, &bytes);
+                    self.flush_usage(out, progress.finished);
+                    return Ok(progress);
+                }
             }
         }
         oai::write_data_event(out, data);
+        self.flush_usage(out, progress.finished);
         Ok(progress)
+    }
+
+    /// The usage chunk split off a content chunk goes out right after the finish chunk.
+    fn flush_usage(&mut self, out: &mut BytesMut, finished_now: bool) {
+        if finished_now || self.finished {
+            if let Some(u) = self.pending_usage.take() {
+                oai::write_data_event(out, &u);
+            }
+        }
     }
 
     /// The upstream closed the stream. A missing `[DONE]` after the finish is tolerated; a close
@@ -633,8 +659,29 @@ impl Relay {
     }
 }
 
+/// Takes the usage off a chunk that also carries choices: `usage: null` stays when the client
+/// asked for usage (and the usage chunk `choices: []` is returned), no usage key otherwise.
+fn split_usage(chunk: &mut Value, include_usage: bool) -> Option<Vec<u8>> {
+    let obj = chunk.as_object_mut()?;
+    let usage = obj.remove("usage").filter(|u| !u.is_null());
+    if !include_usage {
+        return None;
+    }
+    obj.insert("usage".to_owned(), Value::Null);
+    let usage = usage?;
+    let mut usage_chunk = serde_json::Map::new();
+    for key in ["id", "object", "created", "model"] {
+        if let Some(v) = obj.get(key) {
+            usage_chunk.insert(key.to_owned(), v.clone());
+        }
+    }
+    usage_chunk.insert("choices".to_owned(), Value::Array(Vec::new()));
+    usage_chunk.insert("usage".to_owned(), usage);
+    serde_json::to_vec(&Value::Object(usage_chunk)).ok()
+}
+
 /// An xAI chunk with its usage folded and/or its blank finish reasons set to `tool_calls`.
-fn fix_chunk(data: &[u8], fold: bool, fix_finish: bool) -> Option<Vec<u8>> {
+fn fix_chunk(data: &[u8], fold: bool, fix_finish: bool) -> Option<Value> {
     let mut chunk: Value = serde_json::from_slice(data).ok()?;
     if fold {
         if let Some(u) = chunk.get_mut("usage") {
@@ -653,7 +700,7 @@ fn fix_chunk(data: &[u8], fold: bool, fix_finish: bool) -> Option<Vec<u8>> {
             }
         }
     }
-    serde_json::to_vec(&chunk).ok()
+    Some(chunk)
 }
 
 /// An error object sent inside a 200 stream (`data: {"error": {...}}`, e.g. OpenRouter).
