@@ -147,7 +147,6 @@ pub fn build_request(
         }
     }
     let empty_schema = raw(EMPTY_SCHEMA)?;
-    let empty_object = raw(EMPTY_OBJECT)?;
 
     let mut system_texts: Vec<&str> = Vec::new();
     let mut messages: Vec<Msg> = Vec::new();
@@ -160,7 +159,7 @@ pub fn build_request(
                 continue;
             }
             Role::User => ("user", user_content(i, m.content.as_ref())?),
-            Role::Assistant => ("assistant", assistant_content(i, m, empty_object)?),
+            Role::Assistant => ("assistant", assistant_content(i, m)?),
             Role::Tool => {
                 let id = m.tool_call_id.as_deref().unwrap_or_default();
                 let content = match &m.content {
@@ -376,7 +375,6 @@ fn image_source(url: &str) -> Option<ImageSource<'_>> {
 fn assistant_content<'r>(
     i: usize,
     m: &'r super::request::Message<'_>,
-    empty_object: &'r RawValue,
 ) -> Result<MsgContent<'r>, TranslateError> {
     let calls = m.tool_calls.as_deref().unwrap_or_default();
     if calls.is_empty() {
@@ -397,20 +395,7 @@ fn assistant_content<'r>(
         blocks.extend(texts.into_iter().map(|text| Block::Text { text }));
     }
     for (j, call) in calls.iter().enumerate() {
-        let args = call.function.arguments.trim();
-        let input: &RawValue = if args.is_empty() {
-            empty_object
-        } else {
-            serde_json::from_str(args)
-                .ok()
-                .filter(|v: &&RawValue| v.get().starts_with('{'))
-                .ok_or_else(|| {
-                    TranslateError::new(
-                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                        "must be a JSON object",
-                    )
-                })?
-        };
+        let input = super::tool_arguments(i, j, &call.function.arguments)?;
         blocks.push(Block::ToolUse {
             id: &call.id,
             name: &call.function.name,

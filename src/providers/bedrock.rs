@@ -218,7 +218,6 @@ pub fn build_request(
         }
     }
     let empty_schema = raw(EMPTY_SCHEMA)?;
-    let empty_object = raw(EMPTY_OBJECT)?;
 
     // The forced tool of a JSON response_format: (schema, description).
     let json_spec: Option<JsonSchemaSpec> = match &req.response_format {
@@ -278,7 +277,7 @@ pub fn build_request(
             }
             Role::User => ("user", user_blocks(i, m.content.as_ref(), "content")?),
             Role::Assistant => {
-                let blocks = assistant_blocks(i, m, empty_object)?;
+                let blocks = assistant_blocks(i, m)?;
                 for b in &blocks {
                     if let Block::ToolUse(t) = b {
                         history_has_tools = true;
@@ -538,7 +537,6 @@ fn image<'r>(url: &'r str, param: impl Fn() -> String) -> Result<Image<'r>, Tran
 fn assistant_blocks<'r>(
     i: usize,
     m: &'r ChatMessage<'_>,
-    empty_object: &'r RawValue,
 ) -> Result<Vec<Block<'r>>, TranslateError> {
     // Only text survives from assistant content (no images in assistant turns).
     let mut blocks: Vec<Block> = m
@@ -556,20 +554,7 @@ fn assistant_blocks<'r>(
         .iter()
         .enumerate()
     {
-        let args = call.function.arguments.trim();
-        let input: &RawValue = if args.is_empty() {
-            empty_object
-        } else {
-            serde_json::from_str(args)
-                .ok()
-                .filter(|v: &&RawValue| v.get().starts_with('{'))
-                .ok_or_else(|| {
-                    TranslateError::new(
-                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                        "must be a JSON object",
-                    )
-                })?
-        };
+        let input = super::tool_arguments(i, j, &call.function.arguments)?;
         blocks.push(Block::ToolUse(ToolUse {
             tool_use_id: &call.id,
             name: &call.function.name,

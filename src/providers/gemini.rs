@@ -248,8 +248,6 @@ pub fn build_request(req: &ChatRequest<'_>, vertex: bool) -> Result<Vec<u8>, Tra
     if req.logprobs {
         return Err(TranslateError::unsupported("logprobs", "logprobs"));
     }
-    let empty_object: &'static RawValue =
-        serde_json::from_str(EMPTY_OBJECT).map_err(|e| TranslateError::new("", e.to_string()))?;
 
     let mut system_parts: Vec<GPart> = Vec::new();
     let mut contents: Vec<GContent> = Vec::new();
@@ -264,10 +262,7 @@ pub fn build_request(req: &ChatRequest<'_>, vertex: bool) -> Result<Vec<u8>, Tra
                 continue;
             }
             Role::User => ("user", content_parts(i, m.content.as_ref())?),
-            Role::Assistant => (
-                "model",
-                assistant_parts(i, m, empty_object, &mut call_names)?,
-            ),
+            Role::Assistant => ("model", assistant_parts(i, m, &mut call_names)?),
             Role::Tool => ("user", vec![tool_response(i, m, &call_names)?]),
             Role::Function => {
                 return Err(TranslateError::unsupported(
@@ -485,7 +480,6 @@ fn guess_mime(url: &str) -> &'static str {
 fn assistant_parts<'r>(
     i: usize,
     m: &'r Message<'_>,
-    empty_object: &'r RawValue,
     call_names: &mut HashMap<&'r str, &'r str>,
 ) -> Result<Vec<GPart<'r>>, TranslateError> {
     let mut parts = content_parts(i, m.content.as_ref())?;
@@ -501,20 +495,7 @@ fn assistant_parts<'r>(
         .iter()
         .enumerate()
     {
-        let args = call.function.arguments.trim();
-        let args: &RawValue = if args.is_empty() {
-            empty_object
-        } else {
-            serde_json::from_str(args)
-                .ok()
-                .filter(|v: &&RawValue| v.get().starts_with('{'))
-                .ok_or_else(|| {
-                    TranslateError::new(
-                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                        "must be a JSON object",
-                    )
-                })?
-        };
+        let args = super::tool_arguments(i, j, &call.function.arguments)?;
         call_names.insert(&call.id, &call.function.name);
         parts.push(GPart::FunctionCall {
             name: &call.function.name,

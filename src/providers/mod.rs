@@ -631,6 +631,35 @@ pub(crate) fn status_error(
         .with_retry_after(retry_after)
 }
 
+/// A `&'static RawValue` of a constant JSON text.
+pub(crate) fn raw_json(
+    s: &'static str,
+) -> Result<&'static serde_json::value::RawValue, TranslateError> {
+    serde_json::from_str(s).map_err(|e| TranslateError::new("", e.to_string()))
+}
+
+/// The arguments of the `j`-th tool call of message `i` as a JSON object, for providers that
+/// take them parsed: empty text is `{}`, anything but an object is the client's error.
+pub(crate) fn tool_arguments(
+    i: usize,
+    j: usize,
+    arguments: &str,
+) -> Result<&serde_json::value::RawValue, TranslateError> {
+    let args = arguments.trim();
+    if args.is_empty() {
+        return raw_json("{}");
+    }
+    serde_json::from_str(args)
+        .ok()
+        .filter(|v: &&serde_json::value::RawValue| v.get().starts_with('{'))
+        .ok_or_else(|| {
+            TranslateError::new(
+                format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                "must be a JSON object",
+            )
+        })
+}
+
 /// A provider error code worth passing on: `context_length_exceeded`, not free text.
 pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
