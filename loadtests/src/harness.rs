@@ -1038,7 +1038,20 @@ mod tests {
         assert_eq!(mock.request_count("x"), 1);
         let addr = mock.addr();
         drop(mock);
-        assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());
+        // The port may already belong to another test's server (tests run in parallel and
+        // ports are ephemeral), so "stopped" means: this mock no longer answers.
+        if let Ok(r) = http_request(
+            addr,
+            "POST",
+            "/x/v1/chat/completions",
+            Some(body),
+            Duration::from_millis(500),
+        ) {
+            assert!(
+                !r.body.contains("from x"),
+                "the stopped mock still answered"
+            );
+        }
     }
 
     #[test]

@@ -945,6 +945,38 @@ mod tests {
         );
     }
 
+    const MISTRAL_STREAM: &str = "data: {\"id\":\"m1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mistral-large\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"m1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mistral-large\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn usage_on_a_content_chunk_becomes_the_separate_usage_chunk() {
+        let mut relay = preset_relay(true, Preset::Mistral);
+        let (out, _, end) = relay_all(&mut relay, MISTRAL_STREAM);
+        assert!(end.is_ok());
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 4, "{out}");
+        for e in &events[..2] {
+            let v: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(
+                v["usage"],
+                Value::Null,
+                "usage: null on every choice chunk: {e}"
+            );
+            assert!(v.get("usage").is_some());
+        }
+        let u: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(u["choices"], serde_json::json!([]));
+        assert_eq!(u["usage"]["total_tokens"], 6);
+        assert_eq!(u["id"], "m1");
+        assert_eq!(events[3], "data: [DONE]");
+        assert_eq!(relay.usage().total(), 6);
+
+        let mut relay = preset_relay(false, Preset::Mistral);
+        let (out, _, end) = relay_all(&mut relay, MISTRAL_STREAM);
+        assert!(end.is_ok());
+        assert!(!out.contains("usage"), "no usage when not asked: {out}");
+        assert_eq!(relay.usage().total(), 6, "still billed");
+    }
+
     #[test]
     fn a_role_chunk_is_not_meaningful_but_content_is() {
         let mut relay = new_relay(false);
