@@ -464,7 +464,6 @@ pub fn check_usage(u: &Usage) -> Result<(), UpstreamError> {
 /// Classifies a non-2xx upstream response.
 pub fn classify_error(
     wire: &Wire,
-    op: Op,
     status: u16,
     retry_after: Option<Duration>,
     meta: &RespMeta<'_>,
@@ -480,10 +479,7 @@ pub fn classify_error(
             gemini::classify_error(status, retry_after, meta, body)
         }
         ProviderKind::Cohere => cohere::classify_error(status, retry_after, meta, body),
-        ProviderKind::Voyage => {
-            let _ = op;
-            embeddings::classify_voyage_error(status, retry_after, body)
-        }
+        ProviderKind::Voyage => embeddings::classify_voyage_error(status, retry_after, body),
     }
 }
 

@@ -286,14 +286,7 @@ async fn error_from(
         _ => Bytes::new(),
     };
     let meta = resp_meta(&resp, call.model);
-    let mut e = providers::classify_error(
-        &target.wire,
-        call.expect.op,
-        status,
-        retry_after,
-        &meta,
-        &body,
-    );
+    let mut e = providers::classify_error(&target.wire, status, retry_after, &meta, &body);
     e.headroom = headroom(&resp).map(Box::new);
     e
 }
