@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::oai::{ChunkWriter, Completion, Delta, ToolCallDelta, ToolCallOut, Usage};
+use super::oai::{ChunkWriter, Completion, Delta, RoleOnce, ToolCallDelta, ToolCallOut, Usage};
 use super::request::{ChatRequest, Content, Part, Role, ToolChoice};
 use super::sse::SseEvent;
 use super::{is_context_window_message, status_error, truncate_message, Progress, TranslateError};
@@ -589,6 +589,13 @@ pub fn classify_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -
 
 // === stream ===
 
+fn not_started() -> UpstreamError {
+    UpstreamError::new(
+        ErrorClass::ServerError,
+        "upstream stream did not start with message_start",
+    )
+}
+
 #[derive(Debug, Clone, Copy)]
 enum BlockKind {
     Text,
@@ -602,7 +609,7 @@ pub struct StreamTranslator {
     writer: Option<ChunkWriter>,
     include_usage: bool,
     created: u64,
-    role_sent: bool,
+    role: RoleOnce,
     input: InputUsage,
     output_tokens: u64,
     finished: bool,
@@ -703,7 +710,7 @@ impl StreamTranslator {
             writer: None,
             include_usage,
             created,
-            role_sent: false,
+            role: RoleOnce::default(),
             input: InputUsage::default(),
             output_tokens: 0,
             finished: false,
@@ -727,28 +734,13 @@ impl StreamTranslator {
     }
 
     fn writer(&mut self) -> Result<&ChunkWriter, UpstreamError> {
-        self.writer.as_ref().ok_or_else(|| {
-            UpstreamError::new(
-                ErrorClass::ServerError,
-                "upstream stream did not start with message_start",
-            )
-        })
+        self.writer.as_ref().ok_or_else(not_started)
     }
 
-    /// The role chunk goes out lazily, with the first output, so a response that opens with a
-    /// tool call gets `content: null` as the contract asks.
+    /// The role chunk goes out with the first text (see [`RoleOnce`]).
     fn ensure_role(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer()?.delta(
-                out,
-                Delta {
-                    role: true,
-                    content: Some(""),
-                    ..Delta::default()
-                },
-            );
-        }
+        let w = self.writer.as_ref().ok_or_else(not_started)?;
+        self.role.before_text(w, out);
         Ok(())
     }
 
@@ -812,21 +804,8 @@ impl StreamTranslator {
                             args_seen: false,
                         },
                     );
-                    let first = !self.role_sent;
-                    self.role_sent = true;
-                    self.writer()?.delta(
-                        out,
-                        Delta {
-                            role: first,
-                            content_null: first,
-                            tool_call: Some(ToolCallDelta {
-                                index: oai_index,
-                                id_and_name: Some((&id, &name)),
-                                arguments: "",
-                            }),
-                            ..Delta::default()
-                        },
-                    );
+                    let w = self.writer.as_ref().ok_or_else(not_started)?;
+                    self.role.tool_head(w, out, oai_index, &id, &name, "");
                     progress.meaningful = true;
                 }
                 StartBlock::Other => self.set_block(index, BlockKind::Other),

@@ -18,7 +18,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::oai::{ChunkWriter, Completion, Delta, ToolCallDelta, ToolCallOut, Usage};
+use super::oai::{ChunkWriter, Completion, Delta, RoleOnce, ToolCallDelta, ToolCallOut, Usage};
 use super::request::{ChatRequest, Content, Message as ChatMessage, Part, Role, ToolChoice};
 use super::sse::SseEvent;
 use super::{
@@ -1147,7 +1147,7 @@ struct MetadataEvent {
 #[derive(Debug)]
 pub struct StreamTranslator {
     writer: ChunkWriter,
-    role_sent: bool,
+    role: RoleOnce,
     usage: Usage,
     metadata_seen: bool,
     finished: bool,
@@ -1167,7 +1167,7 @@ impl StreamTranslator {
                 model: meta.model.to_owned(),
                 include_usage,
             },
-            role_sent: false,
+            role: RoleOnce::default(),
             usage: Usage::default(),
             metadata_seen: false,
             finished: false,
@@ -1191,20 +1191,9 @@ impl StreamTranslator {
         self.invalid_events
     }
 
-    /// The role chunk goes out lazily, with the first output, so a response that opens with a
-    /// tool call gets `content: null` as the contract asks.
+    /// The role chunk goes out with the first text (see [`RoleOnce`]).
     fn ensure_role(&mut self, out: &mut BytesMut) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.delta(
-                out,
-                Delta {
-                    role: true,
-                    content: Some(""),
-                    ..Delta::default()
-                },
-            );
-        }
+        self.role.before_text(&self.writer, out);
     }
 
     fn content(&mut self, out: &mut BytesMut, text: &str) {
@@ -1298,20 +1287,13 @@ impl StreamTranslator {
                         args_seen: false,
                     },
                 );
-                let first = !self.role_sent;
-                self.role_sent = true;
-                self.writer.delta(
+                self.role.tool_head(
+                    &self.writer,
                     out,
-                    Delta {
-                        role: first,
-                        content_null: first,
-                        tool_call: Some(ToolCallDelta {
-                            index: oai_index,
-                            id_and_name: Some((&tool.tool_use_id, &tool.name)),
-                            arguments: "",
-                        }),
-                        ..Delta::default()
-                    },
+                    oai_index,
+                    &tool.tool_use_id,
+                    &tool.name,
+                    "",
                 );
                 progress.meaningful = true;
             }

@@ -30,7 +30,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::oai::{ChunkWriter, Completion, Delta, ToolCallDelta, ToolCallOut, Usage};
+use super::oai::{ChunkWriter, Completion, Delta, RoleOnce, ToolCallDelta, ToolCallOut, Usage};
 use super::request::{ChatRequest, Content, Message, Part, Role, ToolChoice};
 use super::sse::SseEvent;
 use super::{
@@ -755,7 +755,7 @@ pub struct StreamTranslator {
     model: String,
     /// Used when content arrives before `message-start` names the response.
     fallback_id: String,
-    role_sent: bool,
+    role: RoleOnce,
     /// Indexed by the OpenAI ordinal of the call.
     calls: Vec<CallState>,
     usage: Usage,
@@ -771,7 +771,7 @@ impl StreamTranslator {
             created: meta.created,
             model: meta.model.to_owned(),
             fallback_id: fallback_id(meta),
-            role_sent: false,
+            role: RoleOnce::default(),
             calls: Vec::new(),
             usage: Usage::default(),
             done: false,
@@ -811,19 +811,11 @@ impl StreamTranslator {
         }
     }
 
-    /// The role chunk goes out lazily, with the first output, so a response that opens with a
-    /// tool call gets `content: null` as the contract asks.
+    /// The role chunk goes out with the first text (see [`RoleOnce`]).
     fn ensure_role(&mut self, out: &mut BytesMut) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.write(
-                out,
-                Delta {
-                    role: true,
-                    content: Some(""),
-                    ..Delta::default()
-                },
-            );
+        self.start(None);
+        if let Some(w) = &self.writer {
+            self.role.before_text(w, out);
         }
     }
 
@@ -918,21 +910,11 @@ impl StreamTranslator {
                     .as_deref()
                     .filter(|id| !id.is_empty())
                     .map_or_else(|| Cow::Owned(format!("call_{ordinal}")), Cow::Borrowed);
-                let first = !self.role_sent;
-                self.role_sent = true;
-                self.write(
-                    out,
-                    Delta {
-                        role: first,
-                        content_null: first,
-                        tool_call: Some(ToolCallDelta {
-                            index: u32::try_from(ordinal).unwrap_or(u32::MAX),
-                            id_and_name: Some((&id, call.name())),
-                            arguments: "",
-                        }),
-                        ..Delta::default()
-                    },
-                );
+                self.start(None);
+                if let Some(w) = &self.writer {
+                    let index = u32::try_from(ordinal).unwrap_or(u32::MAX);
+                    self.role.tool_head(w, out, index, &id, call.name(), "");
+                }
                 let args = call.arguments();
                 if !args.is_empty() {
                     self.args_fragment(out, ordinal, &args);

@@ -31,7 +31,7 @@ use serde::ser::{Error as _, SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::oai::{ChunkWriter, Completion, Delta, ToolCallDelta, ToolCallOut, Usage};
+use super::oai::{ChunkWriter, Completion, Delta, RoleOnce, ToolCallOut, Usage};
 use super::request::{ChatRequest, Content, Message, Part, Role, ToolChoice};
 use super::sse::SseEvent;
 use super::{
@@ -1188,7 +1188,7 @@ pub struct StreamTranslator {
     created: u64,
     /// The model sent upstream, for a stream that never names its `modelVersion`.
     model: String,
-    role_sent: bool,
+    role: RoleOnce,
     /// Tool calls emitted so far; the next one's OpenAI `index`.
     tool_calls: u32,
     finished: bool,
@@ -1205,7 +1205,7 @@ impl StreamTranslator {
             include_usage,
             created: meta.created,
             model: meta.model.to_owned(),
-            role_sent: false,
+            role: RoleOnce::default(),
             tool_calls: 0,
             finished: false,
             done: false,
@@ -1247,20 +1247,10 @@ impl StreamTranslator {
         })
     }
 
-    /// The role chunk goes out with the first output; a text answer gets its own role chunk.
+    /// The role chunk goes out with the first text (see [`RoleOnce`]).
     fn ensure_role(&mut self, out: &mut BytesMut) {
-        if !self.role_sent {
-            self.role_sent = true;
-            if let Some(w) = &self.writer {
-                w.delta(
-                    out,
-                    Delta {
-                        role: true,
-                        content: Some(""),
-                        ..Delta::default()
-                    },
-                );
-            }
+        if let Some(w) = &self.writer {
+            self.role.before_text(w, out);
         }
     }
 
@@ -1305,22 +1295,9 @@ impl StreamTranslator {
                         let arguments = arguments_of(call);
                         let index = self.tool_calls;
                         self.tool_calls += 1;
-                        let first = !self.role_sent;
-                        self.role_sent = true;
                         if let Some(w) = &self.writer {
-                            w.delta(
-                                out,
-                                Delta {
-                                    role: first,
-                                    content_null: first,
-                                    tool_call: Some(ToolCallDelta {
-                                        index,
-                                        id_and_name: Some((&id, &call.name)),
-                                        arguments: &arguments,
-                                    }),
-                                    ..Delta::default()
-                                },
-                            );
+                            self.role
+                                .tool_head(w, out, index, &id, &call.name, &arguments);
                         }
                         progress.meaningful = true;
                     } else if let Some(text) = &part.text {

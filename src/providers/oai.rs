@@ -377,6 +377,58 @@ impl ChunkWriter {
     }
 }
 
+/// The role goes out once, with the first output (providers.md §0.1): before the first text a
+/// chunk of its own (`role` and `content: ""`); an answer that opens with a tool call carries the
+/// role and `content: null` in that call's first chunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoleOnce {
+    sent: bool,
+}
+
+impl RoleOnce {
+    /// The role chunk, if nothing has been written yet; call before writing text.
+    pub fn before_text(&mut self, w: &ChunkWriter, out: &mut BytesMut) {
+        if !self.sent {
+            self.sent = true;
+            w.delta(
+                out,
+                Delta {
+                    role: true,
+                    content: Some(""),
+                    ..Delta::default()
+                },
+            );
+        }
+    }
+
+    /// The first chunk of tool call `index` (its id and name, and any arguments known so far).
+    pub fn tool_head(
+        &mut self,
+        w: &ChunkWriter,
+        out: &mut BytesMut,
+        index: u32,
+        id: &str,
+        name: &str,
+        arguments: &str,
+    ) {
+        let first = !self.sent;
+        self.sent = true;
+        w.delta(
+            out,
+            Delta {
+                role: first,
+                content_null: first,
+                tool_call: Some(ToolCallDelta {
+                    index,
+                    id_and_name: Some((id, name)),
+                    arguments,
+                }),
+                ..Delta::default()
+            },
+        );
+    }
+}
+
 /// Seconds since the Unix epoch, for `created`.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
