@@ -296,31 +296,18 @@ async fn a_tool_call_is_translated_streamed() {
     let gw = start_gateway(&config(&mock));
     let s = chat_stream(&gw, &weather_request(true)).await;
     assert_openai_stream(&s, true);
-    let chunks = s.chunks();
-    let first = &chunks[0]["choices"][0]["delta"];
-    assert_eq!(first["role"], "assistant");
+    let (id, args) = assert_tool_call_stream(&s, "get_weather");
+    assert_eq!(id, MOCK_TOOL_CALL_ID);
     assert_eq!(
-        first["content"],
-        Value::Null,
-        "a stream opening with a tool call has content null (the tool plan is not sent)"
+        s.content(),
+        "",
+        "no text content in the stream (the tool plan is not sent)"
     );
-    assert_eq!(first["tool_calls"][0]["index"], 0);
-    assert_eq!(first["tool_calls"][0]["id"], MOCK_TOOL_CALL_ID);
-    assert_eq!(first["tool_calls"][0]["type"], "function");
-    assert_eq!(first["tool_calls"][0]["function"]["name"], "get_weather");
-    assert_eq!(s.content(), "", "no text content in the stream");
-    let args: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
-        .collect();
     assert_eq!(
         serde_json::from_str::<Value>(&args).unwrap(),
         json!({"city": "Paris"})
     );
-    let finish = chunks
-        .iter()
-        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
-    assert_eq!(finish, Some("tool_calls"));
+    let chunks = s.chunks();
     assert_eq!(
         chunks.last().unwrap()["usage"]["total_tokens"],
         62,

@@ -350,36 +350,11 @@ async fn a_streamed_tool_call_gets_an_id_whose_thought_signature_goes_back_on_re
     let gw = start_gateway(&flash_config(&mock));
     let s = chat_stream(&gw, &weather_request(true)).await;
     assert_openai_stream(&s, true);
-    let chunks = s.chunks();
-    let first = &chunks[0]["choices"][0]["delta"];
-    assert_eq!(first["role"], "assistant");
-    assert_eq!(
-        first["content"],
-        Value::Null,
-        "a stream opening with a tool call has content null"
-    );
-    let call = &first["tool_calls"][0];
-    assert_eq!(call["index"], 0);
-    assert_eq!(call["type"], "function");
-    assert_eq!(call["function"]["name"], "get_weather");
-    let id = call["id"].as_str().unwrap().to_owned();
+    let (id, args) = assert_tool_call_stream(&s, "get_weather");
     assert_signed_call_id(&id);
-    let args: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
-        .collect();
     assert_eq!(args, r#"{"city":"Paris"}"#);
-    let ids: Vec<&str> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"].as_str())
-        .collect();
-    assert_eq!(ids, [id.as_str()], "the id is sent once");
     assert_eq!(s.content(), "", "the final empty text part adds nothing");
-    let finish: Vec<&str> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .collect();
-    assert_eq!(finish, ["tool_calls"]);
+    let chunks = s.chunks();
     assert_eq!(
         chunks.last().unwrap()["usage"],
         json!({"prompt_tokens": 41, "completion_tokens": 6, "total_tokens": 47,

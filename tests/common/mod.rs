@@ -395,6 +395,46 @@ pub fn assert_openai_stream(s: &StreamReply, include_usage: bool) {
     );
 }
 
+/// Checks a stream that opens with one tool call named `name` (providers.md §0.1): the first
+/// delta carries the role, `content: null` and the call's head (index 0, id, type, name); the id
+/// is sent once; every fragment is index 0; the finish is `tool_calls`.
+/// Returns the call's id and its arguments (all fragments joined).
+pub fn assert_tool_call_stream(s: &StreamReply, name: &str) -> (String, String) {
+    let chunks = s.chunks();
+    let first = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(first["role"], "assistant", "{}", s.raw);
+    assert_eq!(
+        first["content"],
+        Value::Null,
+        "a stream opening with a tool call has content null: {}",
+        s.raw
+    );
+    let head = &first["tool_calls"][0];
+    assert_eq!(head["index"], 0);
+    assert_eq!(head["type"], "function");
+    assert_eq!(head["function"]["name"], name);
+    let id = head["id"].as_str().expect("the head has an id").to_owned();
+    let fragments: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    for f in &fragments[1..] {
+        assert_eq!(f["index"], 0, "{f}");
+        assert!(f.get("id").is_none_or(Value::is_null), "id only once: {f}");
+    }
+    let args: String = fragments
+        .iter()
+        .filter_map(|f| f["function"]["arguments"].as_str())
+        .collect();
+    let finish: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["tool_calls"], "{}", s.raw);
+    (id, args)
+}
+
 pub fn user_message(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
