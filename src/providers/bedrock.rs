@@ -2200,46 +2200,12 @@ mod tests {
 
     /// Feeds `input` in reads of `read` bytes through a FrameDecoder and a translator, then EOF.
     fn run(input: &[u8], include_usage: bool, read: usize) -> Run {
-        let mut d = FrameDecoder::new();
         let mut t = StreamTranslator::new(include_usage, &meta());
-        let mut out = BytesMut::new();
-        let mut progress = Vec::new();
-        let mut end = None;
-        'reads: for chunk in input.chunks(read.max(1)) {
-            d.feed(chunk);
-            loop {
-                match d.next_event() {
-                    Ok(Some(ev)) => match t.on_event(&ev, &mut out) {
-                        Ok(p) => progress.push(p),
-                        Err(e) => {
-                            end = Some(Err(e));
-                            break 'reads;
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        end = Some(Err(e));
-                        break 'reads;
-                    }
-                }
-            }
-        }
-        let end = end.unwrap_or_else(|| t.on_eof(&mut out));
-        let chunks = std::str::from_utf8(&out)
-            .expect("utf8")
-            .split("\n\n")
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let data = s.strip_prefix("data: ").expect("data line");
-                if data == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(data).expect("json chunk")
-                }
-            })
-            .collect();
+        let d = crate::providers::StreamDecoder::Aws(FrameDecoder::new());
+        let (text, progress, end) =
+            crate::providers::test_support::feed_steps(&mut t, d, input, read);
         Run {
-            chunks,
+            chunks: crate::providers::test_support::chunks(&text),
             progress,
             end,
             t,

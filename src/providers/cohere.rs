@@ -1403,39 +1403,9 @@ mod tests {
         input: &[u8],
         step: usize,
     ) -> (Vec<Value>, Vec<Progress>, Result<(), UpstreamError>) {
-        let mut d = SseDecoder::new();
-        let mut out = BytesMut::new();
-        let mut progress = Vec::new();
-        let mut end = Ok(());
-        'read: for piece in input.chunks(step.max(1)) {
-            d.feed(piece);
-            while let Some(ev) = d.next_event().expect("small events") {
-                match t.on_event(&ev, &mut out) {
-                    Ok(p) => progress.push(p),
-                    Err(e) => {
-                        end = Err(e);
-                        break 'read;
-                    }
-                }
-            }
-        }
-        if end.is_ok() {
-            end = t.on_eof(&mut out);
-        }
-        let text = String::from_utf8(out.to_vec()).expect("output is UTF-8");
-        let chunks = text
-            .split("\n\n")
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let data = s.strip_prefix("data: ").expect("data line");
-                if data == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(data).expect("json chunk")
-                }
-            })
-            .collect();
-        (chunks, progress, end)
+        let d = crate::providers::StreamDecoder::Sse(SseDecoder::new());
+        let (text, progress, end) = crate::providers::test_support::feed_steps(t, d, input, step);
+        (crate::providers::test_support::chunks(&text), progress, end)
     }
 
     fn run(

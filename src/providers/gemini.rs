@@ -1822,39 +1822,15 @@ mod tests {
         Result<(), UpstreamError>,
     ) {
         let mut t = StreamTranslator::new(include_usage, &META);
-        let mut d = SseDecoder::new();
-        let mut out = BytesMut::new();
-        let mut progress = Vec::new();
-        let mut end = Ok(());
-        'feed: for piece in input.as_bytes().chunks(step) {
-            d.feed(piece);
-            while let Some(ev) = d.next_event().expect("small events") {
-                match t.on_event(&ev, &mut out) {
-                    Ok(p) => progress.push(p),
-                    Err(e) => {
-                        end = Err(e);
-                        break 'feed;
-                    }
-                }
-            }
-        }
-        if end.is_ok() {
-            end = t.on_eof(&mut out);
-        }
-        let text = String::from_utf8(out.to_vec()).expect("UTF-8 output");
-        let chunks = text
-            .split("\n\n")
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let data = s.strip_prefix("data: ").expect("data line");
-                if data == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(data).expect("json chunk")
-                }
-            })
-            .collect();
-        (chunks, progress, t, end)
+        let d = crate::providers::StreamDecoder::Sse(SseDecoder::new());
+        let (text, progress, end) =
+            crate::providers::test_support::feed_steps(&mut t, d, input.as_bytes(), step);
+        (
+            crate::providers::test_support::chunks(&text),
+            progress,
+            t,
+            end,
+        )
     }
 
     fn crlf(events: &[&str]) -> String {

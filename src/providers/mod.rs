@@ -703,25 +703,68 @@ pub fn parse_retry_after(
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use sse::SseDecoder;
 
-    /// Feeds `input` through `t` as one read, then closes the stream: the client-facing
-    /// output, the progress of each event, and how the stream ended.
-    pub fn feed(
-        t: &mut StreamTranslator,
-        input: &str,
+    /// What the stepwise feeder needs of a translator (each provider's, or the enum).
+    pub trait Translate {
+        fn on_event(
+            &mut self,
+            ev: &SseEvent,
+            out: &mut BytesMut,
+        ) -> Result<Progress, UpstreamError>;
+        fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError>;
+    }
+
+    macro_rules! translate_for {
+        ($($t:ty),*) => {$(
+            impl Translate for $t {
+                fn on_event(
+                    &mut self,
+                    ev: &SseEvent,
+                    out: &mut BytesMut,
+                ) -> Result<Progress, UpstreamError> {
+                    <$t>::on_event(self, ev, out)
+                }
+                fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), UpstreamError> {
+                    <$t>::on_eof(self, out)
+                }
+            }
+        )*};
+    }
+    translate_for!(
+        StreamTranslator,
+        bedrock::StreamTranslator,
+        cohere::StreamTranslator,
+        gemini::StreamTranslator
+    );
+
+    /// Feeds `input` through `d` and `t` in reads of `step` bytes, then closes the stream: the
+    /// client-facing output, the progress of each event, and how the stream ended (the first
+    /// decoder or translator error ends it).
+    pub fn feed_steps<T: Translate>(
+        t: &mut T,
+        mut d: StreamDecoder,
+        input: &[u8],
+        step: usize,
     ) -> (String, Vec<Progress>, Result<(), UpstreamError>) {
-        let mut d = SseDecoder::new();
-        d.feed(input.as_bytes());
         let mut out = BytesMut::new();
         let mut progress = Vec::new();
         let mut end = Ok(());
-        while let Some(ev) = d.next_event().expect("test events are small") {
-            match t.on_event(&ev, &mut out) {
-                Ok(p) => progress.push(p),
-                Err(e) => {
-                    end = Err(e);
-                    break;
+        'reads: for piece in input.chunks(step.max(1)) {
+            d.feed(piece);
+            loop {
+                match d.next_event() {
+                    Ok(Some(ev)) => match t.on_event(&ev, &mut out) {
+                        Ok(p) => progress.push(p),
+                        Err(e) => {
+                            end = Err(e);
+                            break 'reads;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        end = Err(e);
+                        break 'reads;
+                    }
                 }
             }
         }
@@ -730,6 +773,30 @@ pub(crate) mod test_support {
         }
         let text = String::from_utf8(out.to_vec()).expect("output is UTF-8");
         (text, progress, end)
+    }
+
+    /// Feeds `input` through `t` as one read, then closes the stream.
+    pub fn feed(
+        t: &mut StreamTranslator,
+        input: &str,
+    ) -> (String, Vec<Progress>, Result<(), UpstreamError>) {
+        let d = StreamDecoder::Sse(SseDecoder::new());
+        feed_steps(t, d, input.as_bytes(), input.len())
+    }
+
+    /// The `data:` payloads of an OpenAI stream as JSON (`[DONE]` as the string "[DONE]").
+    pub fn chunks(text: &str) -> Vec<serde_json::Value> {
+        text.split("\n\n")
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let data = s.strip_prefix("data: ").expect("data line");
+                if data == "[DONE]" {
+                    serde_json::json!("[DONE]")
+                } else {
+                    serde_json::from_str(data).expect("json chunk")
+                }
+            })
+            .collect()
     }
 }
 
