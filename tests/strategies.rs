@@ -165,8 +165,10 @@ async fn least_busy_sends_new_requests_to_the_deployment_without_requests_in_fli
     let rest = async {
         // Three requests in flight on `busy` (3 / 1000 of its assumed capacity), none on
         // `idle` (0 / 1000): every new request must go to `idle`.
+        // The board counts a request when the deployment takes it, a moment before the
+        // mock has read it: wait for both.
         eventually(|| gw.registry().board(0).in_flight() == 3).await;
-        assert_eq!(mock.request_count("busy"), 3);
+        eventually(|| mock.request_count("busy") == 3).await;
         let served = serve_n(&gw, &hi, 10).await;
         // The premise still held while the ten were routed: busy's requests were all in flight.
         assert_eq!(
