@@ -93,7 +93,8 @@ async fn non_streamed_chat_is_translated_to_v2_chat_and_back_with_usage_and_cost
         &json!({"model": "command-r", "messages": [
             {"role": "developer", "content": "You are a terse assistant."},
             {"role": "user", "content": "Say hello."}],
-            "temperature": 0.2, "top_p": 1.0, "stop": ["END", "STOP"], "max_tokens": 64, "user": "u-123"}),
+            "temperature": 0.2, "top_p": 1.0, "stop": ["END", "STOP"], "max_tokens": 64, "user": "u-123",
+            "seed": 11, "frequency_penalty": 0.3, "presence_penalty": 1.5}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -118,14 +119,16 @@ async fn non_streamed_chat_is_translated_to_v2_chat_and_back_with_usage_and_cost
     assert_eq!(seen.path, "/c/v2/chat");
     let auth = format!("Bearer {KEY}");
     assert_eq!(seen.header("authorization"), Some(auth.as_str()));
-    // developer -> system, top_p -> p (clamped to 0.99), stop -> stop_sequences, user dropped.
+    // developer -> system, top_p -> p (clamped to 0.99), stop -> stop_sequences, user dropped,
+    // penalties clamped into 0-1.
     assert_eq!(
         seen.json(),
         json!({"model": "command-r-plus-08-2024",
                "messages": [{"role": "system", "content": "You are a terse assistant."},
                             {"role": "user", "content": "Say hello."}],
                "max_tokens": 64, "temperature": 0.2, "p": 0.99,
-               "stop_sequences": ["END", "STOP"], "stream": false})
+               "stop_sequences": ["END", "STOP"], "seed": 11, "frequency_penalty": 0.3,
+               "presence_penalty": 1.0, "stream": false})
     );
 
     let text = metrics_text(&gw).await;

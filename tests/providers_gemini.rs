@@ -145,7 +145,8 @@ async fn non_streamed_chat_reaches_ai_studio_with_its_key_and_a_translated_body(
             {"role": "user", "content": "Say hello."},
             {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "Again, louder."}],
-            "temperature": 0.2, "top_p": 0.9, "max_tokens": 64, "stop": ["END"], "user": "u-123"}),
+            "temperature": 0.2, "top_p": 0.9, "max_tokens": 64, "stop": ["END"], "user": "u-123",
+            "seed": 7, "presence_penalty": 0.5, "frequency_penalty": 0}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -186,7 +187,7 @@ async fn non_streamed_chat_reaches_ai_studio_with_its_key_and_a_translated_body(
                 {"role": "user", "parts": [{"text": "Again, louder."}]}
             ],
             "generationConfig": {"temperature": 0.2, "topP": 0.9, "maxOutputTokens": 64,
-                                 "stopSequences": ["END"]}
+                                 "stopSequences": ["END"], "seed": 7, "presencePenalty": 0.5}
         })
     );
     assert_eq!(
@@ -720,5 +721,59 @@ async fn embeddings_use_embed_content_for_one_input_and_batch_embed_contents_for
     assert!(mock.requests("e")[2].json()["requests"][0]
         .get("outputDimensionality")
         .is_none());
+    gw.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_pydantic_tool_schema_reaches_gemini_with_its_refs_inlined_and_a_recursive_one_is_a_400()
+{
+    let mock = keyed_mock(GEMINI_KEY).await;
+    mock.set_behavior("g", Behavior::text("ok"));
+    let gw = start_gateway(&flash_config(&mock));
+    // What Pydantic v2 writes for `class Person(BaseModel): home: Address; work: Address | None`.
+    let person = json!({
+        "$defs": {"Address": {"properties": {"city": {"title": "City", "type": "string"}},
+                              "required": ["city"], "title": "Address", "type": "object"}},
+        "properties": {"home": {"$ref": "#/$defs/Address"},
+                       "work": {"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}], "default": null}},
+        "required": ["home"], "title": "Person", "type": "object"
+    });
+    let request = |schema: &Value| {
+        json!({"model": "gemini-flash", "messages": [{"role": "user", "content": "Who?"}],
+               "tools": [{"type": "function", "function": {"name": "save_person", "parameters": schema}}]})
+    };
+    let r = chat(&gw, &request(&person)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = mock.requests("g");
+    assert_eq!(seen.len(), 1);
+    let address = json!({"properties": {"city": {"title": "City", "type": "string"}},
+                         "required": ["city"], "title": "Address", "type": "object"});
+    assert_eq!(
+        seen[0].json()["tools"][0]["functionDeclarations"][0]["parameters"],
+        json!({"properties": {"home": address, "work": {"anyOf": [address, {"type": "null"}], "default": null}},
+               "required": ["home"], "title": "Person", "type": "object"})
+    );
+
+    // A recursive model cannot be written without `$ref`: refused before anything is sent.
+    let tree = json!({
+        "$defs": {"Node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+        "$ref": "#/$defs/Node"
+    });
+    let r = chat(&gw, &request(&tree)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    assert_eq!(r.body["error"]["param"], "tools[0].function.parameters");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("recursive")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        mock.request_count("g"),
+        1,
+        "the recursive schema was never sent"
+    );
     gw.stop(true).await;
 }

@@ -6,7 +6,8 @@
 //! - Request: `developer` becomes `system`; an assistant turn with `tool_calls` sends its text
 //!   as `tool_plan` (the field Cohere itself pairs with tool calls), not as `content`; tool
 //!   results are sent as a string (text parts joined); `top_p` is clamped into Cohere's `p`
-//!   range 0.01-0.99; a tool without `parameters` gets an empty object schema; `strict`,
+//!   range 0.01-0.99 and the penalties into 0-1 (a negative penalty becomes none); `seed` keeps
+//!   its name; a tool without `parameters` gets an empty object schema; `strict`,
 //!   `user` and `parallel_tool_calls` are dropped (Cohere has no equivalents); `n > 1`,
 //!   `logprobs`, a named `tool_choice`, audio/file parts and the legacy `function` role cannot
 //!   be expressed ([`TranslateError`]).
@@ -56,6 +57,12 @@ struct Request<'r> {
     p: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stop_sequences: Vec<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormatOut<'r>>,
     stream: bool,
@@ -249,6 +256,9 @@ pub fn build_request(
             .map(|s| s.as_ref())
             .filter(|s| !s.is_empty())
             .collect(),
+        seed: req.seed,
+        frequency_penalty: req.frequency_penalty.map(|p| p.clamp(0.0, 1.0)),
+        presence_penalty: req.presence_penalty.map(|p| p.clamp(0.0, 1.0)),
         response_format,
         stream: req.stream,
     };
@@ -1135,6 +1145,17 @@ mod tests {
             translate(r#"{"model":"c","messages":[{"role":"user","content":"x"}],"top_p":0}"#)
                 .expect("ok");
         assert_eq!(low["p"], 0.01);
+        let tuned = translate(r#"{"model":"c","messages":[{"role":"user","content":"x"}],"seed":42,"frequency_penalty":1.5,"presence_penalty":-0.5}"#)
+            .expect("ok");
+        assert_eq!(
+            (
+                &tuned["seed"],
+                &tuned["frequency_penalty"],
+                &tuned["presence_penalty"]
+            ),
+            (&json!(42), &json!(1.0), &json!(0.0)),
+            "seed keeps its name; penalties are clamped into Cohere's 0-1"
+        );
     }
 
     #[test]

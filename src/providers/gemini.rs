@@ -19,6 +19,10 @@
 //! - A tool whose schema is an object without properties is declared without `parameters`
 //!   (Gemini rejects `properties: {}` on an OBJECT).
 //! - Vertex only: the request's `user` becomes `labels.user` when it is a valid label value.
+//! - `seed` is wrapped into Gemini's int32; a zero penalty is not sent (it changes nothing, and
+//!   some models reject the field).
+//! - Tool and response schemas: local `$ref`s are inlined (Gemini's schema has no `$ref`); a
+//!   recursive or non-local one is a [`TranslateError`] naming the schema.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -219,6 +223,12 @@ struct GenerationConfig<'r> {
     stop_sequences: Vec<&'r str>,
     #[serde(rename = "candidateCount", skip_serializing_if = "Option::is_none")]
     candidate_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i32>,
+    #[serde(rename = "presencePenalty", skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(rename = "frequencyPenalty", skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
     #[serde(rename = "responseMimeType", skip_serializing_if = "Option::is_none")]
     response_mime_type: Option<&'static str>,
     #[serde(rename = "responseSchema", skip_serializing_if = "Option::is_none")]
@@ -232,6 +242,9 @@ impl GenerationConfig<'_> {
             && self.max_output_tokens.is_none()
             && self.stop_sequences.is_empty()
             && self.candidate_count.is_none()
+            && self.seed.is_none()
+            && self.presence_penalty.is_none()
+            && self.frequency_penalty.is_none()
             && self.response_mime_type.is_none()
             && self.response_schema.is_none()
     }
@@ -289,9 +302,12 @@ pub fn build_request(req: &ChatRequest<'_>, vertex: bool) -> Result<Vec<u8>, Tra
     }
 
     let mut declarations = Vec::with_capacity(req.tools.len());
-    for t in &req.tools {
+    for (i, t) in req.tools.iter().enumerate() {
         let parameters = match t.function.parameters {
-            Some(p) if !is_empty_object_schema(p) => Some(CleanSchema::new(p)),
+            Some(p) if !is_empty_object_schema(p) => Some(CleanSchema::new(
+                p,
+                &format!("tools[{i}].function.parameters"),
+            )?),
             _ => None,
         };
         declarations.push(FunctionDeclaration {
@@ -336,6 +352,12 @@ pub fn build_request(req: &ChatRequest<'_>, vertex: bool) -> Result<Vec<u8>, Tra
             .filter(|s| !s.is_empty())
             .collect(),
         candidate_count: req.n,
+        // Gemini's seed is an int32: a larger one is wrapped into it, so the same seed still
+        // means the same thing.
+        seed: req.seed.map(|seed| seed as i32),
+        // Zero is no penalty, and some models refuse the field itself.
+        presence_penalty: req.presence_penalty.filter(|p| *p != 0.0),
+        frequency_penalty: req.frequency_penalty.filter(|p| *p != 0.0),
         ..GenerationConfig::default()
     };
     if let Some(rf) = &req.response_format {
@@ -537,22 +559,29 @@ fn json_schema_of(raw: Option<&RawValue>) -> Result<Option<CleanSchema<'_>>, Tra
     let Some(raw) = raw else { return Ok(None) };
     let spec: Spec = serde_json::from_str(raw.get())
         .map_err(|_| TranslateError::new("response_format.json_schema", "must be a JSON object"))?;
-    Ok(spec
-        .schema
+    spec.schema
         .filter(|s| s.get() != "null")
-        .map(CleanSchema::new))
+        .map(|s| CleanSchema::new(s, "response_format.json_schema.schema"))
+        .transpose()
 }
 
 // === JSON Schema cleaning ===
 
-/// Schema keywords Gemini's OpenAPI-subset schema rejects.
+/// Schema keywords Gemini's OpenAPI-subset schema rejects. `$defs`/`definitions` go too: the
+/// `$ref`s that point into them are inlined.
 const STRIPPED_KEYWORDS: &[&str] = &[
     "$schema",
     "additionalProperties",
     "strict",
     "$id",
     "$comment",
+    "$defs",
+    "definitions",
 ];
+
+/// At most this many `$ref`s are inlined into one schema: a schema whose definitions refer to
+/// each other several times per level would otherwise grow exponentially.
+const MAX_REF_EXPANSIONS: usize = 256;
 
 /// What a JSON value inside a schema is, so that only keywords are stripped: a property
 /// named `strict` stays, and so does an `enum` value that is an object with such a key.
@@ -560,7 +589,7 @@ const STRIPPED_KEYWORDS: &[&str] = &[
 enum SchemaCtx {
     /// A schema: an object whose keys are keywords.
     Schema,
-    /// An object whose keys are names and whose values are schemas (`properties`, `$defs`).
+    /// An object whose keys are names and whose values are schemas (`properties`).
     Named,
     /// Data (`enum`, `const`, `default`, `required`, ...): copied as is.
     Data,
@@ -569,61 +598,227 @@ enum SchemaCtx {
 impl SchemaCtx {
     fn of_keyword(key: &str) -> SchemaCtx {
         match key {
-            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
-                SchemaCtx::Named
-            }
+            "properties" | "patternProperties" | "dependentSchemas" => SchemaCtx::Named,
             "enum" | "const" | "default" | "example" | "examples" | "required" => SchemaCtx::Data,
             _ => SchemaCtx::Schema,
         }
     }
 }
 
-/// Serializes a client's JSON Schema without the keywords Gemini rejects, recursively, keeping
-/// the key order (serde_json's `Value` would sort it).
+/// A client's JSON Schema as Gemini takes it: without the keywords Gemini rejects, and with
+/// every local `$ref` (`#/$defs/<name>`, `#/definitions/<name>`) replaced by the definition it
+/// points at (Pydantic writes nested models that way). Serialized recursively, keeping the key
+/// order (serde_json's `Value` would sort it).
 struct CleanSchema<'a> {
     raw: &'a RawValue,
-    ctx: SchemaCtx,
+    refs: Option<Refs<'a>>,
+}
+
+/// The root's definitions, and the inlining in progress.
+struct Refs<'a> {
+    defs: Vec<(String, &'a RawValue)>,
+    /// The pointers being inlined, outermost first: a pointer met again is a recursive schema.
+    expanding: std::cell::RefCell<Vec<String>>,
+    expansions: std::cell::Cell<usize>,
 }
 
 impl<'a> CleanSchema<'a> {
-    fn new(raw: &'a RawValue) -> Self {
-        CleanSchema {
-            raw,
-            ctx: SchemaCtx::Schema,
+    /// `param` names the schema in the error for one that cannot be inlined (recursive, or a
+    /// `$ref` that is not a local definition).
+    fn new(raw: &'a RawValue, param: &str) -> Result<Self, TranslateError> {
+        if !raw.get().contains("\"$ref\"") {
+            return Ok(CleanSchema { raw, refs: None });
         }
+        let mut defs = Vec::new();
+        if let Ok(root) = Entries::parse(raw.get()) {
+            for (key, value) in root.0 {
+                if key == "$defs" || key == "definitions" {
+                    let named = Entries::parse(value.get()).map_err(|_| {
+                        TranslateError::new(param, format!("`{key}` must be an object"))
+                    })?;
+                    defs.extend(
+                        named
+                            .0
+                            .into_iter()
+                            .map(|(name, def)| (format!("#/{key}/{}", escape_pointer(&name)), def)),
+                    );
+                }
+            }
+        }
+        let schema = CleanSchema {
+            raw,
+            refs: Some(Refs {
+                defs,
+                expanding: Default::default(),
+                expansions: Default::default(),
+            }),
+        };
+        // Inline once into nothing, so that a schema that cannot be inlined is a translate
+        // error naming the parameter rather than a failure to serialize the body.
+        serde_json::to_writer(std::io::sink(), &schema)
+            .map_err(|e| TranslateError::new(param, e.to_string()))?;
+        schema.reset();
+        Ok(schema)
+    }
+
+    fn reset(&self) {
+        if let Some(refs) = &self.refs {
+            refs.expanding.borrow_mut().clear();
+            refs.expansions.set(0);
+        }
+    }
+}
+
+/// A JSON Pointer reference token for `name` (RFC 6901: `~` → `~0`, `/` → `~1`).
+fn escape_pointer(name: &str) -> Cow<'_, str> {
+    if name.contains(['~', '/']) {
+        Cow::Owned(name.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(name)
     }
 }
 
 impl Serialize for CleanSchema<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SchemaNode {
+            raw: self.raw,
+            ctx: SchemaCtx::Schema,
+            refs: self.refs.as_ref(),
+        }
+        .serialize(s)
+    }
+}
+
+/// One value inside a [`CleanSchema`].
+struct SchemaNode<'s, 'a> {
+    raw: &'a RawValue,
+    ctx: SchemaCtx,
+    refs: Option<&'s Refs<'a>>,
+}
+
+impl<'a> SchemaNode<'_, 'a> {
+    fn child(&self, raw: &'a RawValue, ctx: SchemaCtx) -> Self {
+        SchemaNode {
+            raw,
+            ctx,
+            refs: self.refs,
+        }
+    }
+}
+
+impl Serialize for SchemaNode<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let text = self.raw.get().trim_start();
         match (self.ctx, text.as_bytes().first()) {
             (SchemaCtx::Data, _) => self.raw.serialize(s),
-            (ctx, Some(b'{')) => {
+            (SchemaCtx::Named, Some(b'{')) => {
                 let entries = Entries::parse(text).map_err(S::Error::custom)?;
                 let mut m = s.serialize_map(Some(entries.0.len()))?;
                 for (key, value) in &entries.0 {
-                    let child = match ctx {
-                        SchemaCtx::Named => SchemaCtx::Schema,
-                        _ if STRIPPED_KEYWORDS.contains(&key.as_str()) => continue,
-                        _ => SchemaCtx::of_keyword(key),
-                    };
-                    m.serialize_entry(
-                        key,
-                        &CleanSchema {
-                            raw: value,
-                            ctx: child,
-                        },
-                    )?;
+                    m.serialize_entry(key, &self.child(value, SchemaCtx::Schema))?;
                 }
                 m.end()
             }
+            (SchemaCtx::Schema, Some(b'{')) => {
+                let entries = Entries::parse(text).map_err(S::Error::custom)?;
+                let reference = entries.0.iter().find(|(k, _)| k == "$ref");
+                match (reference, self.refs) {
+                    (Some((_, pointer)), Some(refs)) => self.inline(s, refs, pointer, entries.0),
+                    _ => self.write_schema(s, entries.0.iter()),
+                }
+            }
             (SchemaCtx::Schema, Some(b'[')) => {
                 let items: Vec<&RawValue> = serde_json::from_str(text).map_err(S::Error::custom)?;
-                s.collect_seq(items.into_iter().map(CleanSchema::new))
+                s.collect_seq(items.into_iter().map(|i| self.child(i, SchemaCtx::Schema)))
             }
             _ => self.raw.serialize(s),
         }
+    }
+}
+
+impl<'a> SchemaNode<'_, 'a> {
+    /// A schema object's keywords, without the ones Gemini rejects.
+    fn write_schema<'e, S: Serializer>(
+        &self,
+        s: S,
+        entries: impl Iterator<Item = &'e (String, &'a RawValue)>,
+    ) -> Result<S::Ok, S::Error>
+    where
+        'a: 'e,
+    {
+        let mut m = s.serialize_map(None)?;
+        for (key, value) in entries {
+            if STRIPPED_KEYWORDS.contains(&key.as_str()) || key == "$ref" {
+                continue;
+            }
+            m.serialize_entry(key, &self.child(value, SchemaCtx::of_keyword(key)))?;
+        }
+        m.end()
+    }
+
+    /// `{"$ref": pointer, ...siblings}` written as the definition it points at, the siblings
+    /// (a `description`, say) overriding the definition's own keywords.
+    fn inline<S: Serializer>(
+        &self,
+        s: S,
+        refs: &Refs<'a>,
+        pointer: &RawValue,
+        siblings: Vec<(String, &'a RawValue)>,
+    ) -> Result<S::Ok, S::Error> {
+        let pointer: Cow<str> = serde_json::from_str(pointer.get())
+            .map_err(|_| S::Error::custom("`$ref` must be a string"))?;
+        let Some((_, def)) = refs.defs.iter().find(|(p, _)| *p == pointer) else {
+            return Err(S::Error::custom(format!(
+                "`$ref` \"{pointer}\" cannot be inlined for Gemini: only references to the \
+                 schema's own `$defs` or `definitions` can"
+            )));
+        };
+        if refs.expanding.borrow().iter().any(|p| *p == pointer) {
+            return Err(S::Error::custom(format!(
+                "`$ref` \"{pointer}\" is recursive; Gemini takes no recursive schemas"
+            )));
+        }
+        let n = refs.expansions.get() + 1;
+        if n > MAX_REF_EXPANSIONS {
+            return Err(S::Error::custom(format!(
+                "more than {MAX_REF_EXPANSIONS} `$ref`s to inline"
+            )));
+        }
+        refs.expansions.set(n);
+        let def_entries = match def.get().trim_start().as_bytes().first() {
+            Some(b'{') => Entries::parse(def.get()).map_err(S::Error::custom)?.0,
+            _ => {
+                return Err(S::Error::custom(format!(
+                    "`$ref` \"{pointer}\" points at something that is not a schema object"
+                )))
+            }
+        };
+        // The definition's keywords in its order, a sibling replacing one of the same name;
+        // then the siblings it does not have.
+        let sibling = |key: &str| siblings.iter().find(|(k, _)| k == key && k != "$ref");
+        let mut merged: Vec<(String, &'a RawValue)> = def_entries
+            .into_iter()
+            .map(|(k, v)| match sibling(&k) {
+                Some((_, own)) => (k, *own),
+                None => (k, v),
+            })
+            .collect();
+        for (k, v) in &siblings {
+            if k != "$ref" && !merged.iter().any(|(m, _)| m == k) {
+                merged.push((k.clone(), v));
+            }
+        }
+        refs.expanding.borrow_mut().push(pointer.into_owned());
+        // The definition may itself be a `$ref` (an alias): inline that too.
+        let written = match merged.iter().find(|(k, _)| k == "$ref") {
+            Some((_, next)) => {
+                let next = *next;
+                self.inline(s, refs, next, merged)
+            }
+            None => self.write_schema(s, merged.iter()),
+        };
+        refs.expanding.borrow_mut().pop();
+        written
     }
 }
 
@@ -1473,12 +1668,97 @@ mod tests {
         );
     }
 
+    /// A request with one tool whose parameters are `schema`.
+    fn with_tool_schema(schema: &str) -> String {
+        format!(
+            r#"{{"model":"g","messages":[{{"role":"user","content":"x"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{schema}}}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn local_refs_are_inlined_in_order_with_their_siblings() {
+        // What Pydantic writes for a model with a nested model used twice, once optional.
+        let schema = r##"{"$defs":{"Address":{"properties":{"city":{"title":"City","type":"string"},"zip":{"type":"string"}},"required":["city"],"title":"Address","type":"object"}},"properties":{"home":{"$ref":"#/$defs/Address"},"work":{"$ref":"#/$defs/Address","description":"Office","title":"Work"},"old":{"anyOf":[{"$ref":"#/$defs/Address"},{"type":"null"}]}},"required":["home"],"title":"Person","type":"object"}"##;
+        let body = ChatBody::parse(Bytes::from(with_tool_schema(schema))).expect("valid");
+        let req = ChatRequest::from_body(&body).expect("typed");
+        let text = String::from_utf8(build_request(&req, false).expect("builds")).expect("utf8");
+        let address = r#"{"properties":{"city":{"title":"City","type":"string"},"zip":{"type":"string"}},"required":["city"],"title":"Address","type":"object"}"#;
+        let work = r#"{"properties":{"city":{"title":"City","type":"string"},"zip":{"type":"string"}},"required":["city"],"title":"Work","type":"object","description":"Office"}"#;
+        let want = format!(
+            r#""parameters":{{"properties":{{"home":{address},"work":{work},"old":{{"anyOf":[{address},{{"type":"null"}}]}}}},"required":["home"],"title":"Person","type":"object"}}"#
+        );
+        assert!(text.contains(&want), "{text}");
+        assert!(!text.contains("$ref") && !text.contains("$defs"), "{text}");
+
+        // `definitions` (draft 7), an alias to an alias, and a name that needs escaping.
+        let got = translate(&with_tool_schema(r##"{"type":"object","definitions":{"a/b":{"$ref":"#/definitions/c"},"c":{"type":"integer"}},"properties":{"n":{"$ref":"#/definitions/a~1b","description":"count"}}}"##)).expect("translates");
+        assert_eq!(
+            got["tools"][0]["functionDeclarations"][0]["parameters"],
+            json!({"type":"object","properties":{"n":{"type":"integer","description":"count"}}})
+        );
+
+        // The response schema is inlined the same way.
+        let got = translate(r##"{"model":"g","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"$defs":{"A":{"type":"string"}},"type":"object","properties":{"a":{"$ref":"#/$defs/A"}}}}}}"##).expect("translates");
+        assert_eq!(
+            got["generationConfig"]["responseSchema"],
+            json!({"type":"object","properties":{"a":{"type":"string"}}})
+        );
+
+        // A property that happens to be named `$ref` or `$defs` is data, not a keyword.
+        let got = translate(&with_tool_schema(
+            r#"{"type":"object","properties":{"$ref":{"type":"string"},"$defs":{"type":"string"}}}"#,
+        ))
+        .expect("translates");
+        assert_eq!(
+            got["tools"][0]["functionDeclarations"][0]["parameters"]["properties"],
+            json!({"$ref":{"type":"string"},"$defs":{"type":"string"}})
+        );
+    }
+
+    #[test]
+    fn refs_that_cannot_be_inlined_are_translate_errors_naming_the_parameter() {
+        let recursive = r##"{"$defs":{"Node":{"type":"object","properties":{"next":{"$ref":"#/$defs/Node"}}}},"type":"object","properties":{"head":{"$ref":"#/$defs/Node"}}}"##;
+        let err = translate(&with_tool_schema(recursive)).expect_err("recursive");
+        assert_eq!(err.param, "tools[0].function.parameters");
+        assert!(err.message.contains("recursive"), "{}", err.message);
+
+        let remote =
+            r#"{"type":"object","properties":{"a":{"$ref":"https://example.com/a.json"}}}"#;
+        let err = translate(&with_tool_schema(remote)).expect_err("not local");
+        assert!(err.message.contains("cannot be inlined"), "{}", err.message);
+
+        let missing = r##"{"type":"object","properties":{"a":{"$ref":"#/$defs/Nope"}}}"##;
+        assert!(translate(&with_tool_schema(missing)).is_err());
+
+        // Ten levels that each use the next twice: 2^10 copies. Refused, not built.
+        let mut defs = Vec::new();
+        for i in 0..10 {
+            defs.push(format!(
+                r##""D{i}":{{"type":"object","properties":{{"x":{{"$ref":"#/$defs/D{n}"}},"y":{{"$ref":"#/$defs/D{n}"}}}}}}"##,
+                n = i + 1
+            ));
+        }
+        defs.push(r#""D10":{"type":"string"}"#.to_owned());
+        let bomb = format!(
+            r##"{{"$defs":{{{}}},"type":"object","properties":{{"root":{{"$ref":"#/$defs/D0"}}}}}}"##,
+            defs.join(",")
+        );
+        let err = translate(&with_tool_schema(&bomb)).expect_err("too many");
+        assert!(err.message.contains("more than 256"), "{}", err.message);
+    }
+
     #[test]
     fn json_object_and_tool_choice_modes() {
         let got = translate(r#"{"model":"g","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#).expect("translates");
         assert_eq!(
             got["generationConfig"],
             json!({"responseMimeType":"application/json"})
+        );
+        let got = translate(r#"{"model":"g","messages":[{"role":"user","content":"x"}],"seed":4294967297,"presence_penalty":0.5,"frequency_penalty":0}"#).expect("translates");
+        assert_eq!(
+            got["generationConfig"],
+            json!({"seed":1,"presencePenalty":0.5}),
+            "seed wrapped into int32; a zero penalty is not sent"
         );
         for (choice, mode) in [
             (r#""none""#, "NONE"),

@@ -298,6 +298,9 @@ pub struct ChatRequest<'a> {
     pub user: Option<Cow<'a, str>>,
     pub logprobs: bool,
     pub response_format: Option<ResponseFormat<'a>>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -449,6 +452,9 @@ impl<'a> ChatRequest<'a> {
             user: None,
             logprobs: false,
             response_format: None,
+            seed: None,
+            presence_penalty: None,
+            frequency_penalty: None,
         };
         let mut max_tokens = None;
         let mut max_completion_tokens = None;
@@ -501,11 +507,15 @@ impl<'a> ChatRequest<'a> {
                 }
                 Known::User => req.user = typed::<Option<Cow<'a, str>>>(&name, raw)?,
                 Known::PresencePenalty | Known::FrequencyPenalty => {
-                    range(&name, typed::<Option<f64>>(&name, raw)?, -2.0, 2.0)?;
+                    let penalty = typed::<Option<f64>>(&name, raw)?;
+                    range(&name, penalty, -2.0, 2.0)?;
+                    if known == Known::PresencePenalty {
+                        req.presence_penalty = penalty;
+                    } else {
+                        req.frequency_penalty = penalty;
+                    }
                 }
-                Known::Seed => {
-                    typed::<Option<i64>>(&name, raw)?;
-                }
+                Known::Seed => req.seed = typed::<Option<i64>>(&name, raw)?,
                 Known::Logprobs => {
                     req.logprobs = typed::<Option<bool>>(&name, raw)?.unwrap_or(false)
                 }
