@@ -1180,6 +1180,8 @@ impl RouterCore {
                     if config.log.requests {
                         log.emit(&result.end, &result.usage, cost);
                     }
+                    // Billed and reported: now the client's stream ends.
+                    result.rest.close().await;
                 });
                 Routed {
                     group,

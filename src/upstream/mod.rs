@@ -455,11 +455,46 @@ pub struct PumpResult {
     pub end: StreamEnd,
     pub usage: Usage,
     pub invalid_events: u32,
+    /// The client's stream, still open, and the upstream body; [`StreamRest::close`] them once
+    /// the stream is accounted for.
+    pub rest: StreamRest,
+}
+
+/// What is left of a pumped stream: the client's end of it, held open so that the stream is
+/// billed and its outcome reported before the client sees its end (a client's next request
+/// then finds this one's spend recorded), and the upstream body, drained so its connection
+/// goes back to the pool before the client's next request can want one.
+pub struct StreamRest {
+    tx: mpsc::Sender<Bytes>,
+    stream: OpenStream,
+    drain: bool,
+    deadline: Instant,
+}
+
+impl StreamRest {
+    /// Drains the upstream body (bounded by `DRAIN_BYTES` and `DRAIN_TIME`; an upstream that
+    /// ends its body right after its terminator, as they do, costs nothing here), releases it,
+    /// then ends the client's stream. The client already has the terminator (`[DONE]`) at this
+    /// point; only the end of the HTTP body waits.
+    pub async fn close(self) {
+        let StreamRest {
+            tx,
+            mut stream,
+            drain: wanted,
+            deadline,
+        } = self;
+        if wanted {
+            drain(&mut stream.resp, deadline).await;
+        }
+        drop(stream);
+        drop(tx);
+    }
 }
 
 /// Relays the rest of a committed stream into `tx` (bounded: a slow client slows the read).
 /// Ends on the finish, on a failure (after sending an error event, never `[DONE]`), on the
-/// client leaving, or on `deadline` / `idle` timeouts.
+/// client leaving, or on `deadline` / `idle` timeouts. The usage is final when it returns: what
+/// the drain reads later is never translated.
 pub async fn pump(
     mut stream: OpenStream,
     tx: mpsc::Sender<Bytes>,
@@ -483,13 +518,9 @@ pub async fn pump(
         }
         Ok(end) => end,
     };
-    // The client's stream ends here, whatever happens below.
-    drop(tx);
     // A stream that ended with its body (Gemini has no terminator) has nothing left to read:
     // awc panics on a read after the end.
-    if matches!(end, StreamEnd::Complete) && !stream.body_ended {
-        drain(&mut stream.resp, deadline).await;
-    }
+    let drain = matches!(end, StreamEnd::Complete) && !stream.body_ended;
     let mut usage = stream.translator.usage();
     let end = match (end, providers::check_usage(&usage)) {
         (end, Ok(())) => end,
@@ -508,6 +539,12 @@ pub async fn pump(
         end,
         usage,
         invalid_events: stream.translator.invalid_events(),
+        rest: StreamRest {
+            tx,
+            stream,
+            drain,
+            deadline,
+        },
     }
 }
 
