@@ -401,8 +401,10 @@ async fn a_deployment_at_its_concurrency_limit_declines_and_the_client_gets_429(
         "",
         [Behavior::text("slow").with_latency(Duration::from_millis(1500))],
     );
+    // No waiting queue: the second request is declined at once, whatever the timing.
     let gw = start_gateway(&format!(
-        "{FAST_ROUTER}{}",
+        "{}{}",
+        settings("max_pending = 0", ""),
         deployment(
             "one-at-a-time",
             "gpt-4o",
@@ -461,6 +463,9 @@ async fn retry_after_given_to_the_client_comes_from_the_latest_429() {
         (resp.status().as_u16(), retry_after)
     });
     eventually(|| mock.request_count("") == 1).await;
+    // The deployment's actor must have taken the 429 (and set its cooldown) before the clock
+    // moves, or the cooldown would start after the advance and outlast the router's wait.
+    eventually(|| gw.registry().board(0).published().admit != Admit::Free).await;
     clock.advance(Duration::from_secs(3));
     let (status, retry_after) = pending.await.unwrap();
     assert_eq!(

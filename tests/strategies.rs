@@ -245,14 +245,15 @@ async fn latency_sends_traffic_to_the_faster_deployment_after_warm_up() {
 #[actix_web::test]
 async fn latency_does_not_send_traffic_to_a_deployment_that_answers_429_fast() {
     let mock = mock().await;
-    // `fast` answers in 25 ms, `slow` in 50 ms: on latency alone `fast` wins.
+    // `fast` answers in 100 ms, `slow` in 200 ms: on latency alone `fast` wins. (Wide gaps, so
+    // scheduling noise under CI load cannot flip either comparison below.)
     mock.set_behavior(
         "fast",
-        Behavior::text("fast").with_latency(Duration::from_millis(25)),
+        Behavior::text("fast").with_latency(Duration::from_millis(100)),
     );
     mock.set_behavior(
         "slow",
-        Behavior::text("slow").with_latency(Duration::from_millis(50)),
+        Behavior::text("slow").with_latency(Duration::from_millis(200)),
     );
     let gw = start_gateway(&latency_config(&mock));
     warm_up(&gw, 5).await;
@@ -272,8 +273,8 @@ async fn latency_does_not_send_traffic_to_a_deployment_that_answers_429_fast() {
     assert_eq!(r.header("x-switchyard-deployment"), Some("slow"));
     assert_eq!(r.header("x-switchyard-attempts"), Some("2"));
     assert_eq!(mock.request_count("fast"), 5 + 1 + 1);
-    // The 429 put fast's throttle EWMA at 0.2, so its score is its ~25 ms latency times
-    // 1 + 10 * 0.2 = 3, about 75 ms: worse than slow's ~50 ms. Its cooldown (1 s) ends, its raw
+    // The 429 put fast's throttle EWMA at 0.2, so its score is its ~100 ms latency times
+    // 1 + 10 * 0.2 = 3, about 300 ms: worse than slow's ~200 ms. Its cooldown (1 s) ends, its raw
     // latency is still the best, and yet it gets nothing: a refusal is not a fast answer. (The
     // throttle only decays with new outcomes, so this holds for every later request; 429s with
     // no latency sample at all would rank it last outright.)
@@ -524,12 +525,13 @@ async fn a_deployment_whose_provider_headroom_is_exhausted_gets_nothing_until_th
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-switchyard-deployment"), Some("exhausted"));
 
-    // 20 requests, 19 virtual seconds: all to `other`, none refused, and `exhausted` is never
-    // called, so it never had the chance to answer 429.
+    // 20 requests over 10 virtual seconds (the gateway's clock also runs in real time: the rest
+    // of the 20 s is the margin for the requests under CI load): all to `other`, none refused,
+    // and `exhausted` is never called, so it never had the chance to answer 429.
     let clock = gw.clock().clone();
     let mut served = Vec::new();
     for _ in 0..20 {
-        clock.advance(Duration::from_millis(950));
+        clock.advance(Duration::from_millis(500));
         let r = chat(&gw, &hi).await;
         assert_eq!(r.status, 200, "0 client errors: {}", r.body);
         served.push(r.header("x-switchyard-deployment").unwrap().to_owned());
@@ -547,7 +549,7 @@ async fn a_deployment_whose_provider_headroom_is_exhausted_gets_nothing_until_th
     );
 
     // Past the reset (21 s in all) it takes its turns again.
-    clock.advance(Duration::from_secs(2));
+    clock.advance(Duration::from_secs(11));
     let served = serve_n(&gw, &hi, 4).await;
     assert_eq!(
         tally(&served),

@@ -101,14 +101,19 @@ impl Answer {
 /// request) sees the state those outcomes produced.
 pub async fn settle(gw: &Gateway) {
     let registry = gw.registry();
-    for _ in 0..5000 {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < deadline {
         if (0..registry.len()).all(|d| registry.board(d).outcomes_pending() == 0) {
             return;
         }
         actix_web::rt::time::sleep(Duration::from_millis(1)).await;
     }
-    panic!("outcomes not handled by the deployment actors within 5 s");
+    panic!("outcomes not handled by the deployment actors within {PATIENCE:?}");
 }
+
+/// How long the polling helpers wait for something that lands asynchronously. Generous: a
+/// condition that holds returns at once, and a loaded CI machine can stall for seconds.
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// POSTs a JSON body to the gateway's chat endpoint; returns status, headers and JSON body.
 pub async fn chat(gw: &Gateway, body: &Value) -> Answer {
@@ -483,34 +488,34 @@ pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Polls `/metrics` until `done(text)` holds (effects such as a stream's outcome reach the
-/// deployment actor asynchronously), up to 5 s; returns the last text either way, so the
+/// deployment actor asynchronously), up to [`PATIENCE`]; returns the last text either way, so the
 /// caller's assertion reports what was there.
 pub async fn metrics_until<F: Fn(&str) -> bool>(gw: &Gateway, done: F) -> String {
-    let mut text = String::new();
-    for _ in 0..500 {
-        text = metrics_text(gw).await;
-        if done(&text) {
-            break;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let text = metrics_text(gw).await;
+        if done(&text) || std::time::Instant::now() >= deadline {
+            return text;
         }
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
-    text
 }
 
-/// One series' value once it equals `want` (or its last value after 5 s).
+/// One series' value once it equals `want` (or its last value after [`PATIENCE`]).
 pub async fn metric_until(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
     let text = metrics_until(gw, |t| metric_in(t, name, labels) == want).await;
     metric_in(&text, name, labels)
 }
 
-/// Polls until `f` holds, up to 5 s of real time (for effects that land asynchronously, such
-/// as a stream's outcome reaching its deployment actor).
+/// Polls until `f` holds, up to [`PATIENCE`] of real time (for effects that land
+/// asynchronously, such as a stream's outcome reaching its deployment actor).
 pub async fn eventually<F: FnMut() -> bool>(mut f: F) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within {PATIENCE:?}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("condition not reached within 5 s");
 }
