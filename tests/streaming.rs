@@ -230,6 +230,53 @@ async fn a_missing_done_after_the_finish_is_tolerated() {
     gw.stop(true).await;
 }
 
+/// An upstream that is slow to end its body after `[DONE]` (here 30 ms) must not leave the
+/// client a window where its stream has ended but is not yet billed: the client's next request
+/// would not find its spend. (Whether the connection is reused after such a delay depends on
+/// the drain's 50 ms bound, so that is left to the test below, where the body ends at once.)
+#[actix_web::test]
+async fn when_the_clients_stream_ends_it_is_already_billed() {
+    let mock = mock().await;
+    mock.set_behavior(
+        "",
+        Behavior::text("Billed before the end.")
+            .with_usage(12, 7)
+            .with_end_delay(std::time::Duration::from_millis(30)),
+    );
+    let gw = start_gateway(&format!(
+        "{}{}",
+        settings("", ""),
+        deployment("oa", "gpt-4o", "openai", &openai_base(&mock, ""), ""),
+    ));
+    for i in 1..=3 {
+        let s = chat_stream(&gw, &stream_request("gpt-4o", false)).await;
+        assert_openai_stream(&s, false);
+        // Read at once, no polling.
+        let text = metrics_text(&gw).await;
+        let tokens = |direction| {
+            metric_in(
+                &text,
+                "gateway_tokens_total",
+                &[("deployment", "oa"), ("direction", direction)],
+            )
+        };
+        assert_eq!(
+            (tokens("input"), tokens("output")),
+            (12.0 * f64::from(i), 7.0 * f64::from(i)),
+            "stream {i} billed before its body ended"
+        );
+        assert_eq!(
+            metric_in(
+                &text,
+                "gateway_upstream_attempts_total",
+                &[("deployment", "oa"), ("outcome", "success")]
+            ),
+            f64::from(i)
+        );
+    }
+    gw.stop(true).await;
+}
+
 /// awc returns a connection to its pool only when the body was read to its end; a stream
 /// dropped at `[DONE]` / `message_stop` would cost every stream a new TCP connection.
 #[actix_web::test]

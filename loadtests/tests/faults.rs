@@ -342,3 +342,18 @@ async fn faults_wait_for_ttft_and_chunk_delay_too() {
     assert!(t0.elapsed() >= Duration::from_millis(60 + 2 * 30));
     assert_eq!(openai_contents(&parse_sse(a.text())), ["a", "b", "c"]);
 }
+
+#[actix_web::test]
+async fn end_delay_holds_the_body_open_after_the_last_event() {
+    let mock = start_with(Behavior::text("ab").with_end_delay(Duration::from_secs(1))).await;
+    let mut resp = open_openai(&mock, &openai_body(true, None)).await;
+    // Everything, `[DONE]` included, arrives; then the body stays open.
+    let (data, end) = read_chunks(&mut resp, Duration::from_millis(200)).await;
+    assert!(matches!(end, BodyEnd::Stalled), "{end:?}");
+    assert!(text(&data).ends_with("data: [DONE]\n\n"), "{}", text(&data));
+    assert_eq!(openai_contents(&parse_sse(text(&data))), ["a", "b"]);
+    // Until the delay has passed.
+    let (rest, end) = read_chunks(&mut resp, Duration::from_secs(3)).await;
+    assert!(matches!(end, BodyEnd::Complete), "{end:?}");
+    assert!(rest.is_empty());
+}

@@ -36,6 +36,9 @@ pub struct Behavior {
     pub ttft: Duration,
     /// Stream only: delay between content chunks.
     pub chunk_delay: Duration,
+    /// Stream only: delay after the last event (`[DONE]`, `message_stop`, ...) before the body
+    /// ends, as an upstream that is slow to close its chunked body.
+    pub end_delay: Duration,
     /// Number of content pieces the reply is split into (0 is treated as 1; a text shorter than
     /// this is split into one piece per character).
     pub chunks: usize,
@@ -66,6 +69,7 @@ impl Default for Behavior {
             latency: Duration::ZERO,
             ttft: Duration::ZERO,
             chunk_delay: Duration::ZERO,
+            end_delay: Duration::ZERO,
             chunks: 4,
             reply: Reply::Text(DEFAULT_REPLY_TEXT.to_owned()),
             fault: Fault::None,
@@ -127,6 +131,11 @@ impl Behavior {
 
     pub fn with_chunk_delay(mut self, d: Duration) -> Self {
         self.chunk_delay = d;
+        self
+    }
+
+    pub fn with_end_delay(mut self, d: Duration) -> Self {
+        self.end_delay = d;
         self
     }
 

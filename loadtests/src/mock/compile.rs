@@ -154,6 +154,7 @@ pub(crate) struct Compiled {
     pub latency: Duration,
     pub ttft: Duration,
     pub chunk_delay: Duration,
+    pub end_delay: Duration,
     /// In 0.0..=1.0 (NaN became 0).
     pub fail_rate: f64,
     pub openai: FormatSet,
@@ -198,7 +199,7 @@ impl Compiled {
 
     /// Whether a stream must be paced chunk by chunk instead of sent as one buffer.
     pub fn paced(&self) -> bool {
-        !self.ttft.is_zero() || !self.chunk_delay.is_zero()
+        !self.ttft.is_zero() || !self.chunk_delay.is_zero() || !self.end_delay.is_zero()
     }
 }
 
@@ -711,6 +712,7 @@ pub(crate) fn compile(b: &Behavior) -> Compiled {
         latency: b.latency,
         ttft: b.ttft,
         chunk_delay: b.chunk_delay,
+        end_delay: b.end_delay,
         fail_rate,
         openai: chat(Format::OpenAi),
         anthropic: chat(Format::Anthropic),

@@ -584,6 +584,8 @@ struct Plan {
 enum Phase {
     Head,
     Content(usize),
+    /// The tail went out; the body ends after the behaviour's `end_delay`.
+    Closing,
     Done,
 }
 
@@ -656,8 +658,12 @@ impl Player {
                     self.phase = Phase::Done;
                     return match self.plan.ending {
                         Ending::Tail => {
+                            self.phase = Phase::Closing;
                             let tail = self.parts().2.clone();
-                            (!tail.is_empty()).then_some(Ok(tail))
+                            if tail.is_empty() {
+                                continue;
+                            }
+                            Some(Ok(tail))
                         }
                         Ending::Clean => None,
                         Ending::Abort => {
@@ -673,6 +679,14 @@ impl Player {
                             pending().await
                         }
                     };
+                }
+                Phase::Closing => {
+                    self.phase = Phase::Done;
+                    let delay = self.compiled.end_delay;
+                    if !delay.is_zero() {
+                        sleep(delay).await;
+                    }
+                    return None;
                 }
                 Phase::Done => return None,
             }
