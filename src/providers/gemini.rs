@@ -611,12 +611,13 @@ impl SchemaCtx {
 /// order (serde_json's `Value` would sort it).
 struct CleanSchema<'a> {
     raw: &'a RawValue,
-    refs: Option<Refs<'a>>,
+    /// The root's definitions by JSON pointer (`#/$defs/<name>`); `None` without any `$ref`.
+    defs: Option<Vec<(String, &'a RawValue)>>,
 }
 
-/// The root's definitions, and the inlining in progress.
-struct Refs<'a> {
-    defs: Vec<(String, &'a RawValue)>,
+/// One serialization's inlining: the definitions, and the inlining in progress.
+struct Refs<'s, 'a> {
+    defs: &'s [(String, &'a RawValue)],
     /// The pointers being inlined, outermost first: a pointer met again is a recursive schema.
     expanding: std::cell::RefCell<Vec<String>>,
     expansions: std::cell::Cell<usize>,
@@ -627,7 +628,7 @@ impl<'a> CleanSchema<'a> {
     /// `$ref` that is not a local definition).
     fn new(raw: &'a RawValue, param: &str) -> Result<Self, TranslateError> {
         if !raw.get().contains("\"$ref\"") {
-            return Ok(CleanSchema { raw, refs: None });
+            return Ok(CleanSchema { raw, defs: None });
         }
         let mut defs = Vec::new();
         if let Ok(root) = Entries::parse(raw.get()) {
@@ -647,25 +648,13 @@ impl<'a> CleanSchema<'a> {
         }
         let schema = CleanSchema {
             raw,
-            refs: Some(Refs {
-                defs,
-                expanding: Default::default(),
-                expansions: Default::default(),
-            }),
+            defs: Some(defs),
         };
         // Inline once into nothing, so that a schema that cannot be inlined is a translate
         // error naming the parameter rather than a failure to serialize the body.
         serde_json::to_writer(std::io::sink(), &schema)
             .map_err(|e| TranslateError::new(param, e.to_string()))?;
-        schema.reset();
         Ok(schema)
-    }
-
-    fn reset(&self) {
-        if let Some(refs) = &self.refs {
-            refs.expanding.borrow_mut().clear();
-            refs.expansions.set(0);
-        }
     }
 }
 
@@ -680,10 +669,15 @@ fn escape_pointer(name: &str) -> Cow<'_, str> {
 
 impl Serialize for CleanSchema<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let refs = self.defs.as_deref().map(|defs| Refs {
+            defs,
+            expanding: Default::default(),
+            expansions: Default::default(),
+        });
         SchemaNode {
             raw: self.raw,
             ctx: SchemaCtx::Schema,
-            refs: self.refs.as_ref(),
+            refs: refs.as_ref(),
         }
         .serialize(s)
     }
@@ -693,7 +687,7 @@ impl Serialize for CleanSchema<'_> {
 struct SchemaNode<'s, 'a> {
     raw: &'a RawValue,
     ctx: SchemaCtx,
-    refs: Option<&'s Refs<'a>>,
+    refs: Option<&'s Refs<'s, 'a>>,
 }
 
 impl<'a> SchemaNode<'_, 'a> {
@@ -761,7 +755,7 @@ impl<'a> SchemaNode<'_, 'a> {
     fn inline<S: Serializer>(
         &self,
         s: S,
-        refs: &Refs<'a>,
+        refs: &Refs<'_, 'a>,
         pointer: &RawValue,
         siblings: Vec<(String, &'a RawValue)>,
     ) -> Result<S::Ok, S::Error> {
